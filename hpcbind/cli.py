@@ -1,0 +1,70 @@
+"""``hpcrun``: argument parsing only, then a call into the module that does the work.
+
+Each subcommand lives in ``hpcbind/commands/<name>.py`` with two functions,
+``configure(parser)`` and ``run(args) -> int``. Only the invoked command's module is imported:
+``hpcrun exec`` runs once per MPI rank, and importing every command's dependencies (rich,
+cryptography, pyelftools) would cost each rank tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order of ``hpcrun --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "exec": ("hpcbind.commands.exec", "run a command inside an image"),
+    "run": ("hpcbind.commands.run", "run the image's runscript"),
+    "shell": ("hpcbind.commands.shell", "start an interactive shell inside an image"),
+    "inspect": ("hpcbind.commands.inspect", "show an image's labels, definition, runscript, environment"),
+    "plan": ("hpcbind.commands.plan", "show what --nv/--rocm/--ib would bind, and why"),
+    "build": ("hpcbind.commands.build", "build a SIF image from a definition file, sandbox or squashfs"),
+    "sif": ("hpcbind.commands.sif", "read and edit SIF files (header, list, info, dump, new, add, del, setprim)"),
+    "config": ("hpcbind.commands.config", "show the effective site configuration"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: hpcrun COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        raise SystemExit(0)
+    if argv[0] == "--version":
+        from hpcbind import __version__
+
+        print(f"hpcrun {__version__}")
+        raise SystemExit(0)
+    name = argv[0]
+    if name not in COMMANDS:
+        from hpcbind.errors import HpcbindError
+
+        raise HpcbindError(f"unknown command {name!r}", "run 'hpcrun --help' for the list")
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"hpcrun {name}", description=COMMANDS[name][1])
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    args.command_run = module.run
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hpcbind.errors import HpcbindError
+
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        return args.command_run(args)
+    except HpcbindError as err:
+        print(f"hpcrun: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
