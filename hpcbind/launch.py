@@ -1,0 +1,206 @@
+"""What ``hpcrun exec|run|shell`` do: options -> (plan) -> container spec -> enter.
+
+This is the one place that joins the three stages: it asks discovery for a plan only when
+``--nv/--rocm/--ib/--device`` ask for one, turns the plan and the user's options into a
+``ContainerSpec``, and hands it to the runtime, which knows nothing of GPUs or MPI.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NoReturn
+
+from hpcbind.config import Config
+from hpcbind.errors import HpcbindError
+from hpcbind.image.source import ImageSource, locate
+from hpcbind.runtime.binds import Bind, Need, parse_bind_specs
+from hpcbind.runtime.container import ContainerSpec, DeviceBind, enter
+from hpcbind.runtime.environment import (APPEND, PREPEND, SET, UNSET, EnvEdit, container_env,
+                                         parse_env_assignments, read_env_file)
+from hpcbind.runtime.rootfs import RootfsOptions
+
+# Binds every container gets (Apptainer's defaults). Each says why it is there.
+SYSTEM_BINDS = (
+    Bind("/proc", "/proc", reason="processes; MPI and debuggers read /proc/self"),
+    Bind("/sys", "/sys", reason="devices and topology (hwloc, NUMA, GPU and HCA discovery)"),
+)
+HOST_FILES = (
+    Bind("/etc/hosts", "/etc/hosts", read_only=True, need=Need.OPTIONAL, recursive=False,
+         reason="host names as on the host (MPI start-up stalls 5 s on a DNS timeout without)"),
+    Bind("/etc/resolv.conf", "/etc/resolv.conf", read_only=True, need=Need.OPTIONAL,
+         recursive=False, reason="DNS as on the host"),
+)
+MINIMAL_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+MINIMAL_DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                     ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"),
+                     ("/dev/ptmx", "pts/ptmx"))
+# cwd is not bound when it is one of these (binding the host's /usr over the image's breaks it)
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt",
+               "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    image: str
+    argv: tuple[str, ...]
+    binds: tuple[str, ...] = ()
+    contain: bool = False
+    containall: bool = False
+    home: str = ""  # SRC[:DST]
+    no_home: bool = False
+    pwd: str = ""
+    cleanenv: bool = False
+    env: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
+    nv: bool = False
+    rocm: bool = False
+    ib: bool = False
+    devices: tuple[str, ...] = ()  # CDI names
+    exec_hint: str = ""
+    verbose: bool = False
+
+
+def run(options: RunOptions, config: Config) -> NoReturn:
+    enter(container_spec(options, config, dict(os.environ)))
+
+
+def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]) -> ContainerSpec:
+    image = locate(options.image)
+    contain = options.contain or options.containall or config["defaults.contain"]
+    cleanenv = options.cleanenv or options.containall or config["defaults.cleanenv"]
+    cwd = os.getcwd()
+    home_src, home_dst = _home(options, host_env)
+
+    binds = list(SYSTEM_BINDS)
+    devices: list[DeviceBind] = []
+    links: list[tuple[str, str]] = []
+    dev_minimal = contain or config["mount.dev"] == "minimal"
+    if dev_minimal:
+        devices += [DeviceBind(f"/dev/{n}", f"/dev/{n}") for n in MINIMAL_DEV_NODES]
+        binds += [Bind("/dev/pts", "/dev/pts", device=True, reason="terminals"),
+                  Bind("/dev/shm", "/dev/shm", reason="POSIX shared memory (MPI intra-node)")]
+        links += MINIMAL_DEV_LINKS
+    else:
+        binds.append(Bind("/dev", "/dev", device=True, reason="host devices (mount.dev = yes)"))
+    if config["mount.hosts"]:
+        binds += HOST_FILES
+    if not contain and config["mount.tmp"]:
+        binds += [Bind("/tmp", "/tmp", reason="host /tmp (mount.tmp)"),
+                  Bind("/var/tmp", "/var/tmp", need=Need.OPTIONAL, reason="host /var/tmp")]
+    if home_src and not options.no_home and config["mount.home"] and (not contain or options.home):
+        binds.append(Bind(home_src, home_dst, reason="home directory"))
+    if not contain and _bind_cwd(cwd, binds):
+        binds.append(Bind(cwd, cwd, reason="current directory"))
+    user_binds = parse_bind_specs(list(options.binds), cwd)
+    _enforce_policy(user_binds, config)
+    binds += user_binds
+
+    plan_edits: list[EnvEdit] = []
+    if options.nv or options.rocm or options.ib or options.devices:
+        plan_binds, plan_devices, plan_links, plan_edits = _apply_plan(options, image, host_env,
+                                                                       dev_minimal)
+        binds += plan_binds
+        devices += plan_devices
+        links += plan_links
+
+    user_env = [pair for item in options.env
+                for pair in parse_env_assignments(item.split(","), "--env")]
+    for path in options.env_files:
+        user_env += read_env_file(path)
+    env = container_env(
+        host_env, home=home_dst, cleanenv=cleanenv, user_env=user_env,
+        runtime_vars=_runtime_vars(image), plan_edits=plan_edits)
+    return ContainerSpec(
+        image=image,
+        argv=options.argv,
+        env=env,
+        cwd=options.pwd or (cwd if not contain else home_dst),
+        binds=tuple(binds),
+        devices=tuple(devices),
+        links=tuple(links),
+        home=home_dst,
+        session_size_mb=config["session.size_mb"],
+        rootfs=RootfsOptions(squashfuse=config["image.squashfuse"],
+                             kernel_squashfs=config["image.kernel_squashfs"],
+                             extract_fallback=config["image.extract_fallback"]),
+        new_ipc=options.containall,
+        exec_hint=options.exec_hint,
+        verbose=options.verbose,
+    )
+
+
+def _home(options: RunOptions, host_env: dict[str, str]) -> tuple[str, str]:
+    """(host source, container path) of the home directory."""
+    import pwd
+
+    if options.home:
+        src, _, dst = options.home.partition(":")
+        return os.path.abspath(src), dst or os.path.abspath(src)
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = host_env.get("HOME", "/")
+    return home, home
+
+
+def _bind_cwd(cwd: str, binds: list[Bind]) -> bool:
+    if cwd in SYSTEM_DIRS or any(cwd.startswith(d + "/") for d in ("/proc", "/sys", "/dev")):
+        return False
+    return not any(cwd == b.destination or cwd.startswith(b.destination.rstrip("/") + "/")
+                   for b in binds if b.destination != "/")
+
+
+def _enforce_policy(binds: list[Bind], config: Config) -> None:
+    allow, deny = config["bind.allow"], config["bind.deny"]
+    for bind in binds:
+        real = os.path.realpath(bind.source)
+        if any(_under(real, d) for d in deny):
+            raise HpcbindError(f"binding {bind.source} is denied by the site configuration "
+                               f"(bind.deny)", "bind another path or ask the site admin")
+        if allow and not any(_under(real, a) for a in allow):
+            raise HpcbindError(f"binding {bind.source} is not allowed by the site configuration "
+                               f"(bind.allow = {', '.join(allow)})",
+                               "bind a path under an allowed prefix")
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _runtime_vars(image: ImageSource) -> dict[str, str]:
+    # Images built by Apptainer/Singularity read these in their env scripts and runscripts
+    name = os.path.basename(image.path)
+    return {"HPCBIND_CONTAINER": image.path, "APPTAINER_CONTAINER": image.path,
+            "SINGULARITY_CONTAINER": image.path, "APPTAINER_NAME": name,
+            "SINGULARITY_NAME": name}
+
+
+def _apply_plan(options: RunOptions, image: ImageSource, host_env: dict[str, str],
+                dev_minimal: bool):
+    from hpcbind.discover import Request, make_plan
+    from hpcbind.plan import EnvAction
+
+    plan = make_plan(Request(nv=options.nv, rocm=options.rocm, ib=options.ib,
+                             devices=options.devices), env=host_env)
+    if plan.failed:
+        check = plan.failed[0]
+        raise HpcbindError(f"preflight check {check.name} failed: {check.message}",
+                           check.fix or "see 'hpcrun plan --explain'")
+    binds = [Bind(m.source, m.destination, read_only="ro" in m.options, recursive=False,
+                  need=Need(m.need.value), reason=f"{m.provider}: {m.rule}")
+             for m in plan.mounts]
+    devices = [DeviceBind(d.source, d.path) for d in plan.devices
+               if dev_minimal or d.source != d.path or not d.path.startswith("/dev/")]
+    links = [(ln.path, ln.target) for ln in plan.links]
+    actions = {EnvAction.SET: SET, EnvAction.PREPEND: PREPEND, EnvAction.APPEND: APPEND,
+               EnvAction.UNSET: UNSET}
+    edits = []
+    for op in plan.env:
+        if op.action is EnvAction.PASS:
+            if op.name in host_env:
+                edits.append(EnvEdit(SET, op.name, host_env[op.name]))
+        else:
+            edits.append(EnvEdit(actions[op.action], op.name, op.value))
+    return binds, devices, links, edits

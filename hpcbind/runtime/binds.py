@@ -1,0 +1,127 @@
+"""Bind mounts as values: parsing ``--bind`` specs and placing destinations safely.
+
+A ``Bind`` says what to mount where, how, and why (Charliecloud's ``struct bind`` with its
+required/optional level, plus a reason for ``-v`` output). Sources are host paths, resolved on
+the host side before any namespace exists; destinations are container paths, resolved inside
+the container root at mount time, where a symlink or ``..`` that leads outside the root is
+refused rather than followed (a hostile image must not redirect a bind onto the host).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from hpcbind.errors import HpcbindError
+
+
+class Need(StrEnum):
+    REQUIRED = "required"  # missing source: error
+    OPTIONAL = "optional"  # missing source: skipped (e.g. /etc/resolv.conf on an offline node)
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    source: str  # host path
+    destination: str  # container path
+    read_only: bool = False
+    recursive: bool = True  # rbind: keep submounts (/proc, /sys, /dev, $HOME on autofs)
+    need: Need = Need.REQUIRED
+    reason: str = ""
+    device: bool = False  # a bind of device nodes: keeps dev semantics (no nodev)
+
+
+def parse_bind_specs(specs: list[str], cwd: str) -> list[Bind]:
+    """``--bind`` values: ``SRC[:DST[:OPTS]]`` items, comma-separated, repeatable.
+
+    OPTS is ``ro`` or ``rw`` (Apptainer's syntax). A relative SRC is relative to the current
+    directory, as for Apptainer.
+    """
+    binds = []
+    for spec in specs:
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            binds.append(_parse_one(item, cwd))
+    return binds
+
+
+def _parse_one(item: str, cwd: str) -> Bind:
+    fields = item.split(":")
+    if len(fields) > 3 or not fields[0]:
+        raise HpcbindError(f"bad bind spec {item!r}", "use --bind SRC[:DST[:ro|rw]]")
+    source = fields[0]
+    destination = fields[1] if len(fields) > 1 and fields[1] else source
+    option = fields[2] if len(fields) > 2 else "rw"
+    if option not in ("ro", "rw"):
+        raise HpcbindError(f"bad bind option {option!r} in {item!r}", "use 'ro' or 'rw'")
+    if not destination.startswith("/"):
+        raise HpcbindError(f"bind destination {destination!r} in {item!r} is not absolute",
+                           "give the container path as an absolute path")
+    return Bind(
+        source=os.path.normpath(os.path.join(cwd, source)),
+        destination=os.path.normpath(destination),
+        read_only=option == "ro",
+        reason="--bind",
+    )
+
+
+def host_source(bind: Bind) -> str | None:
+    """The bind's source with host symlinks resolved; None when it is missing and optional."""
+    if os.path.lexists(bind.source):
+        return os.path.realpath(bind.source)
+    if bind.need is Need.OPTIONAL:
+        return None
+    raise HpcbindError(f"can't bind {bind.source}: no such file or directory",
+                       f"create it or drop it from the binds ({bind.reason or 'bind'})")
+
+
+def container_path(root: str, destination: str) -> str:
+    """Where ``destination`` lands under ``root``, refusing any escape from the root.
+
+    Symlinks in the image are container-relative: an absolute link target means a path in
+    the container, never on the host (Debian's ``/var/run -> /run`` must keep working). Each
+    component is resolved by hand against ``root`` (``realpath`` would follow an absolute link
+    onto the host); a ``..`` or relative link that climbs above the root is refused.
+    """
+    parts = [p for p in destination.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if not resolved:
+                raise _escape(destination, "a '..' or relative symlink climbs above the "
+                                           "container root")
+            resolved.pop()
+            continue
+        here = os.path.join(root, *resolved, part)
+        if os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                raise _escape(destination, "too many levels of symbolic links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def _escape(destination: str, why: str) -> HpcbindError:
+    return HpcbindError(f"refusing bind destination {destination}: {why}",
+                        "bind to a real directory of the image, not through a link")
+
+
+def make_mountpoint(target: str, source_is_dir: bool) -> None:
+    """Create the file or directory a bind mounts onto (in the writable session layer)."""
+    if os.path.lexists(target):
+        if os.path.islink(target):
+            raise _escape(target, "the mount point is a symlink")
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    if source_is_dir:
+        os.mkdir(target)
+    else:
+        Path(target).touch()

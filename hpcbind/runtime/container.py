@@ -1,0 +1,231 @@
+"""Entering a container and exec'ing the user's program in it.
+
+``enter(spec)`` is the recipe; it never returns. The program replaces hpcrun, so its PID,
+signals, exit code and cgroup are the ones the resource manager started (no daemon, no
+intermediate process). In order:
+
+1. a user namespace mapping the caller's uid/gid to themselves (root skips it) and a private
+   mount namespace, so nothing mounted here is seen by, or propagates to, the host;
+2. a tmpfs "session" on /tmp holding the mount points; the image mounted read-only on
+   ``lower`` and an overlay with a tmpfs upper layer on ``newroot`` — the root is writable
+   only in that private layer, so binds can target paths the image lacks and the image is
+   never modified;
+3. ``pivot_root`` into the session with the host at ``/oldroot`` (the bubblewrap technique:
+   host paths, host /tmp included, stay reachable as bind sources without any directory
+   created on the host);
+4. binds (defaults, user, plan), device nodes, links, passwd/group;
+5. ``pivot_root`` into ``newroot`` and a lazy unmount of everything else;
+6. PR_SET_NO_NEW_PRIVS, chdir, execve.
+
+Everything lives in the private mount namespace: when the program exits or is killed, the
+kernel tears the namespace down, and the squashfuse server (PR_SET_PDEATHSIG) dies with it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from hpcbind.errors import HpcbindError
+from hpcbind.image.source import ImageSource
+from hpcbind.runtime import identity, linux
+from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
+from hpcbind.runtime.environment import ContainerEnv
+from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image
+
+SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
+ENV_SCRIPTS = "/.singularity.d/env"
+
+
+@dataclass(frozen=True)
+class DeviceBind:
+    source: str  # host path
+    destination: str  # container path
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: ImageSource
+    argv: tuple[str, ...]
+    env: ContainerEnv
+    cwd: str  # initial directory inside
+    binds: tuple[Bind, ...] = ()  # in mount order
+    devices: tuple[DeviceBind, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()  # (container path, target)
+    home: str = ""
+    session_size_mb: int = 64
+    rootfs: RootfsOptions = field(default_factory=RootfsOptions)
+    use_env_scripts: bool = True
+    new_ipc: bool = False
+    exec_hint: str = ""  # what to say when argv[0] is missing from the image
+    verbose: bool = False
+
+
+def enter(spec: ContainerSpec) -> NoReturn:
+    user = identity.host_user()  # on the host, before any namespace
+    sources = [(b, host_source(b)) for b in spec.binds]
+    _unshare(user.uid, user.gid, spec.new_ipc)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    # after unshare (a bind source must be a mount of this namespace), before the session
+    # tmpfs covers /tmp, where the image may be
+    image_fd = open_image(spec.image)
+    linux.mount("hpcbind", SESSION, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
+                f"mode=0755,size={spec.session_size_mb}m")
+    for d in ("oldroot", "newroot", "lower", "upper", "work"):
+        os.mkdir(f"{SESSION}/{d}", 0o755)
+    how = _mount_root(spec, image_fd, f"{SESSION}/lower", f"{SESSION}/upper", f"{SESSION}/work",
+                      f"{SESSION}/newroot")
+    _log(spec, f"image {spec.image.path} mounted by {how}")
+
+    linux.pivot_root(SESSION, f"{SESSION}/oldroot")
+    os.chdir("/")
+    new = "/newroot"
+    for bind, source in sources:
+        if source is None:
+            _log(spec, f"skipped {bind.source}: missing and optional")
+            continue
+        _bind(f"/oldroot{source}", new, bind)
+        _log(spec, f"bind {source} -> {bind.destination} ({bind.reason})")
+    for dev in spec.devices:
+        _bind(f"/oldroot{os.path.realpath(dev.source)}", new,
+              Bind(dev.source, dev.destination, recursive=False, device=True, reason="device"))
+    for path, target in spec.links:
+        _link(new, path, target)
+    if spec.home:  # a contained or image-less home still has to exist to start in
+        os.makedirs(container_path(new, spec.home), exist_ok=True)
+    _write_identity(new, user, spec.home)
+
+    os.chdir(new)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)
+    _exec(spec)
+
+
+def _unshare(uid: int, gid: int, new_ipc: bool) -> None:
+    ipc = 0x08000000 if new_ipc else 0  # CLONE_NEWIPC
+    try:
+        if uid == 0:
+            linux.unshare(linux.CLONE_NEWNS | ipc)
+            return
+        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS | ipc)
+    except OSError as err:
+        raise HpcbindError(f"can't create a user namespace: {err.strerror}",
+                           "ask the admin to enable unprivileged user namespaces "
+                           "(sysctl kernel.unprivileged_userns_clone=1, "
+                           "user.max_user_namespaces > 0)") from None
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} {gid} 1")
+
+
+def _mount_root(spec: ContainerSpec, image_fd: int, lower: str, upper: str, work: str,
+                root: str) -> str:
+    how = mount_image(spec.image, image_fd, lower, spec.rootfs)
+    _claim_parents(lower, upper, _mount_points(spec))
+    try:
+        linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
+                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+    except OSError as err:
+        raise HpcbindError(f"can't create the writable session layer (overlay): {err.strerror}",
+                           "hpcrun needs Linux >= 5.11 for overlayfs in a user namespace") from None
+    return how
+
+
+def _mount_points(spec: ContainerSpec) -> list[str]:
+    """Every container path the set-up creates something at."""
+    return ([b.destination for b in spec.binds] + [d.destination for d in spec.devices]
+            + [path for path, _ in spec.links] + [spec.home, "/etc/passwd", "/etc/group"])
+
+
+def _claim_parents(lower: str, upper: str, paths: list[str]) -> None:
+    """Give the caller the image directories that mount points are created in.
+
+    In an image owned by root (or by anyone unmapped in our user namespace) the caller may
+    not create ``/home/$USER`` or ``/work``. A directory present in both overlay layers takes
+    its owner and mode from the upper one, so each image directory above a mount point is
+    created, empty, in the caller's upper layer before the overlay is mounted: the merged
+    view keeps the image's contents and the caller may add mount points to it. Paths are
+    resolved in the image first, so an image's symlinked directory stays a symlink.
+    """
+    for path in paths:
+        resolved = container_path(lower, path)
+        rel_parts = os.path.relpath(resolved, lower).split(os.sep)[:-1]
+        for depth in range(1, len(rel_parts) + 1):
+            rel = os.path.join(*rel_parts[:depth])
+            below = os.path.join(lower, rel)
+            if os.path.islink(below) or not os.path.isdir(below):
+                break
+            above = os.path.join(upper, rel)
+            if not os.path.isdir(above):
+                os.mkdir(above)
+                os.chmod(above, os.stat(below).st_mode & 0o7777)
+
+
+def _bind(source: str, root: str, bind: Bind) -> None:
+    target = container_path(root, bind.destination)
+    make_mountpoint(target, os.path.isdir(source))
+    flags = linux.MS_BIND | (linux.MS_REC if bind.recursive else 0)
+    try:
+        linux.mount(source, target, None, flags)
+        remount = (linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID
+                   | (0 if bind.device else linux.MS_NODEV)
+                   | (linux.MS_RDONLY if bind.read_only else 0) | linux.locked_flags(target))
+        linux.mount(None, target, None, remount)
+    except OSError as err:
+        raise HpcbindError(f"can't bind {bind.source} to {bind.destination}: {err.strerror}",
+                           "check that the source is readable by you") from None
+
+
+def _link(root: str, path: str, target: str) -> None:
+    where = container_path(root, path)
+    os.makedirs(os.path.dirname(where), exist_ok=True)
+    if os.path.lexists(where):
+        os.unlink(where)
+    os.symlink(target, where)
+
+
+def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
+    """/etc/passwd and /etc/group: the image's plus the caller, bound read-only over them.
+
+    Bound rather than written into the overlay: replacing a file the image owns needs a
+    copy-up, which the kernel refuses for owners unmapped in the user namespace (EOVERFLOW).
+    """
+    os.mkdir("/identity", 0o755)  # in the session tmpfs, which is "/" until the last pivot
+    for name, content in identity.files(root, user, home).items():
+        with open(f"/identity/{name}", "w") as f:
+            f.write(content)
+        _bind(f"/identity/{name}", root, Bind(f"/identity/{name}", f"/etc/{name}",
+                                              read_only=True, recursive=False))
+
+
+def _exec(spec: ContainerSpec) -> NoReturn:
+    try:
+        os.chdir(spec.cwd)
+    except OSError:
+        os.chdir(spec.home if os.path.isdir(spec.home) else "/")
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    argv = list(spec.argv)
+    if spec.use_env_scripts and os.path.isdir(ENV_SCRIPTS) and os.access("/bin/sh", os.X_OK):
+        env = dict(spec.env.base)
+        script = (f'for f in {ENV_SCRIPTS}/*.sh; do [ -f "$f" ] && . "$f"; done\n'
+                  f'{spec.env.shell_edits()}\nexec "$@"')
+        argv = ["/bin/sh", "-c", script, argv[0]] + argv
+    else:
+        env = spec.env.final()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as err:
+        hint = spec.exec_hint or "check that the command exists in the image"
+        print(f"hpcrun: error: can't execute {spec.argv[0]} in {spec.image.path}: "
+              f"{err.strerror}; {hint}", file=sys.stderr)
+        os._exit(255)
+
+
+def _log(spec: ContainerSpec, message: str) -> None:
+    if spec.verbose:
+        os.write(2, f"hpcrun: {message}\n".encode())

@@ -1,0 +1,147 @@
+"""The container's environment, computed without side effects.
+
+Apptainer's rules, which users and site scripts already rely on:
+- the host environment passes through, except PATH, HOME and LD_LIBRARY_PATH (never: the
+  host's values point at host paths) and except with ``--cleanenv``, which keeps only TERM and
+  the proxy variables;
+- ``APPTAINERENV_X`` / ``SINGULARITYENV_X`` / ``HPCRUNENV_X``, ``--env X=V`` and ``--env-file``
+  set X inside and win over the image's ``%environment`` (they are applied after it);
+- ``..._PREPEND_PATH`` / ``..._APPEND_PATH`` edit PATH after the image's environment;
+- the image's ``/.singularity.d/env/*.sh`` are sourced by the image's own ``/bin/sh`` and the
+  command is exec'd from that shell, so the program keeps the PID the resource manager sees.
+
+The bind plan's env operations (``LD_LIBRARY_PATH`` append of the private lib dir, GPU
+selection) are applied last, after the image's scripts, so they survive them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from hpcbind.errors import HpcbindError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NEVER_PASSED = frozenset({"PATH", "HOME", "LD_LIBRARY_PATH"})
+ALWAYS_PASSED = frozenset({"TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                           "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "ftp_proxy",
+                           "FTP_PROXY"})
+USER_PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_", "HPCRUNENV_")
+
+SET, PREPEND, APPEND, UNSET = "set", "prepend", "append", "unset"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvEdit:
+    """One change applied after the image's env scripts, in order."""
+
+    action: str  # set / prepend / append / unset
+    name: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerEnv:
+    base: tuple[tuple[str, str], ...]  # the environment the image's scripts start from
+    edits: tuple[EnvEdit, ...]  # applied after them
+
+    def final(self) -> dict[str, str]:
+        """The environment when the image has no env scripts to source."""
+        env = dict(self.base)
+        for edit in self.edits:
+            apply_edit(env, edit)
+        return env
+
+    def shell_edits(self) -> str:
+        """The edits as POSIX shell, for after the image's env scripts."""
+        return "\n".join(_shell(edit) for edit in self.edits)
+
+
+def apply_edit(env: dict[str, str], edit: EnvEdit) -> None:
+    current = env.get(edit.name, "")
+    if edit.action == SET:
+        env[edit.name] = edit.value
+    elif edit.action == PREPEND:
+        env[edit.name] = f"{edit.value}:{current}" if current else edit.value
+    elif edit.action == APPEND:
+        env[edit.name] = f"{current}:{edit.value}" if current else edit.value
+    elif edit.action == UNSET:
+        env.pop(edit.name, None)
+    else:
+        raise ValueError(edit.action)
+
+
+def _shell(edit: EnvEdit) -> str:
+    name, value = edit.name, shlex.quote(edit.value)
+    if edit.action == SET:
+        return f"export {name}={value}"
+    if edit.action == PREPEND:
+        return f'export {name}={value}"${{{name}:+:${name}}}"'
+    if edit.action == APPEND:
+        return f'export {name}="${{{name}:+${name}:}}"{value}'
+    return f"unset {name}"
+
+
+def parse_env_assignments(items: Iterable[str], where: str) -> list[tuple[str, str]]:
+    """``K=V`` items (``--env`` values, comma-separated, or env-file lines)."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise HpcbindError(f"bad environment assignment {item!r} in {where}",
+                               "write NAME=VALUE with a valid variable name")
+        pairs.append((name, value))
+    return pairs
+
+
+def read_env_file(path: str) -> list[tuple[str, str]]:
+    """An env file: ``NAME=VALUE`` lines, ``#`` comments, optional ``export``, quotes removed."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as err:
+        raise HpcbindError(f"can't read env file {path}: {err.strerror}",
+                           "check the --env-file path") from None
+    items = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        name, sep, value = line.partition("=")
+        if sep and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        items.append(f"{name}={value}" if sep else line)
+    return parse_env_assignments(items, path)
+
+
+def container_env(
+    host: Mapping[str, str],
+    *,
+    home: str,
+    cleanenv: bool,
+    user_env: list[tuple[str, str]],
+    runtime_vars: Mapping[str, str],
+    plan_edits: Iterable[EnvEdit] = (),
+) -> ContainerEnv:
+    """The container's environment from the host's, the user's settings and the plan's."""
+    if cleanenv:
+        base = {k: v for k, v in host.items() if k in ALWAYS_PASSED}
+    else:
+        base = {k: v for k, v in host.items()
+                if k not in NEVER_PASSED and not k.startswith(USER_PREFIXES)}
+    base.update(PATH=DEFAULT_PATH, HOME=home, **runtime_vars)
+
+    edits: list[EnvEdit] = []
+    prefixed = [(k[len(p):], v) for k, v in host.items() for p in USER_PREFIXES
+                if k.startswith(p) and len(k) > len(p)]
+    for name, value in prefixed + user_env:
+        if name == "PREPEND_PATH":
+            edits.append(EnvEdit(PREPEND, "PATH", value))
+        elif name == "APPEND_PATH":
+            edits.append(EnvEdit(APPEND, "PATH", value))
+        else:
+            edits.append(EnvEdit(SET, name, value))
+    edits.extend(plan_edits)
+    return ContainerEnv(base=tuple(sorted(base.items())), edits=tuple(edits))

@@ -1,0 +1,172 @@
+"""Mounting an image's root filesystem read-only, in the caller's private mount namespace.
+
+Three ways, best first (the order Apptainer and SingularityCE use):
+1. root: the kernel's squashfs over a loop device set up at the partition's offset, with
+   LO_FLAGS_AUTOCLEAR so the loop device goes away with the last mount;
+2. anyone: squashfuse_ll serving the partition in place (``-o offset=N``: no copy). We open
+   /dev/fuse and mount it ourselves (``fd=N``), then hand the fd to squashfuse_ll as
+   ``/dev/fd/N``: the mount exists before the server starts, so no polling for readiness, and
+   the server dies with the container (PR_SET_PDEATHSIG) so nothing is left running;
+3. extraction with unsquashfs into a per-user cache, reused while the image is unchanged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import subprocess
+from dataclasses import dataclass
+
+from hpcbind.errors import HpcbindError
+from hpcbind.image.source import ImageSource
+from hpcbind.runtime import linux
+
+_LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_SET_FD = 0x4C00
+_LOOP_CLR_FD = 0x4C01
+_LOOP_SET_STATUS64 = 0x4C04
+_LO_FLAGS_READ_ONLY = 1
+_LO_FLAGS_AUTOCLEAR = 4
+# struct loop_info64: dev, inode, rdevice (u64 x3), offset, sizelimit (u64), number,
+# encrypt_type, encrypt_key_size, flags (u32 x4), file_name[64], crypt_name[64],
+# encrypt_key[32], init[2] (u64)
+_LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")
+
+_FUSE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
+
+
+@dataclass(frozen=True, slots=True)
+class RootfsOptions:
+    squashfuse: str = "squashfuse_ll"
+    kernel_squashfs: bool = True  # as root
+    extract_fallback: bool = True
+    cache_dir: str = ""
+
+
+def open_image(image: ImageSource) -> int:
+    """An fd on the image, taken before the session tmpfs may hide its path (/tmp/x.sif).
+
+    From then on the image is reached as /proc/self/fd/N. The fd is close-on-exec: the
+    user's program never inherits it (only the FUSE server does, explicitly).
+    """
+    flags = os.O_RDONLY | (os.O_DIRECTORY if not image.is_squashfs else 0)
+    return os.open(image.path, flags | os.O_CLOEXEC)
+
+
+def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions) -> str:
+    """Mount ``image`` (open as ``image_fd``) read-only at ``target``; returns how."""
+    ref = f"/proc/self/fd/{image_fd}"
+    if not image.is_squashfs:
+        linux.mount(ref, target, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+                    | linux.MS_NOSUID | linux.MS_NODEV | linux.locked_flags(target))
+        return "bind"
+    failures = []
+    if os.getuid() == 0 and options.kernel_squashfs:
+        try:
+            _mount_loop(image, image_fd, target)
+            return "loop"
+        except OSError as err:
+            failures.append(f"loop: {err.strerror}")
+    squashfuse = shutil.which(options.squashfuse)
+    if squashfuse:
+        try:
+            _mount_squashfuse(squashfuse, image, image_fd, target)
+            return "squashfuse"
+        except OSError as err:
+            failures.append(f"squashfuse: {err.strerror}")
+    else:
+        failures.append(f"{options.squashfuse} not found")
+    if options.extract_fallback and shutil.which("unsquashfs"):
+        rootfs = extract(image, image_fd, options.cache_dir)
+        linux.mount(rootfs, target, None, linux.MS_BIND | linux.MS_REC)
+        return "extracted"
+    raise HpcbindError(f"can't mount {image.path} ({'; '.join(failures)})",
+                       "install squashfuse and fuse3 (apt-get install squashfuse fuse3)")
+
+
+def _mount_loop(image: ImageSource, image_fd: int, target: str) -> None:
+    with open("/dev/loop-control", "rb") as ctl:
+        number = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
+    loop_path = f"/dev/loop{number}"
+    loop_fd = os.open(loop_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(loop_fd, _LOOP_SET_FD, image_fd)
+        info = _LOOP_INFO64.pack(0, 0, 0, image.offset, image.size, number, 0, 0,
+                                 _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR,
+                                 os.fsencode(image.path)[:63], b"", b"", 0, 0)
+        try:
+            fcntl.ioctl(loop_fd, _LOOP_SET_STATUS64, info)
+            linux.mount(loop_path, target, "squashfs", _FUSE_FLAGS)
+        except OSError:
+            fcntl.ioctl(loop_fd, _LOOP_CLR_FD, 0)
+            raise
+    finally:
+        # AUTOCLEAR frees the device when the mount (the last user) goes away
+        os.close(loop_fd)
+
+
+def _mount_squashfuse(squashfuse: str, image: ImageSource, image_fd: int, target: str) -> None:
+    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        linux.mount("squashfuse", target, "fuse.squashfuse", _FUSE_FLAGS,
+                    f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},"
+                    f"group_id={os.getgid()}")
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _exec_fuse_server(parent, squashfuse, image, image_fd, fuse_fd)
+    finally:
+        os.close(fuse_fd)
+    # The first request blocks until the server answers: then it has loaded its libraries
+    # and opened the image, so the caller may pivot_root away from the host root.
+    try:
+        os.stat(target)
+    except OSError as err:
+        os.waitpid(pid, os.WNOHANG)
+        linux.umount2(target, linux.MNT_DETACH)
+        raise OSError(err.errno, f"squashfuse_ll could not serve {image.path}") from None
+
+
+def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd: int,
+                      fuse_fd: int) -> None:
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+        os.set_inheritable(image_fd, True)
+        os.set_inheritable(fuse_fd, True)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.execv(squashfuse, [squashfuse, "-f", "-o", f"offset={image.offset}",
+                              f"/proc/self/fd/{image_fd}", f"/dev/fd/{fuse_fd}"])
+    finally:
+        os._exit(127)
+
+
+def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
+    """The image unpacked under the cache, keyed by file identity; reused when present."""
+    st = os.fstat(image_fd)
+    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{image.offset:x}"
+    base = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME")
+                                     or os.path.expanduser("~/.cache"), "hpcbind", "rootfs")
+    rootfs = os.path.join(base, key)
+    if os.path.isdir(rootfs):
+        return rootfs
+    os.makedirs(base, exist_ok=True)
+    partial = f"{rootfs}.{os.getpid()}.partial"
+    cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial]
+    if image.offset:
+        cmd += ["-o", str(image.offset)]
+    result = subprocess.run(cmd + [f"/proc/self/fd/{image_fd}"], capture_output=True, text=True,
+                            pass_fds=(image_fd,))
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise HpcbindError(f"can't extract {image.path}: {result.stderr.strip()[-200:]}",
+                           "install squashfuse and fuse3 so the image can be mounted in place")
+    os.rename(partial, rootfs)
+    return rootfs
