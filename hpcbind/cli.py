@@ -12,6 +12,9 @@ import argparse
 import importlib
 import sys
 
+# Commands on the per-rank path: they import only the standard library and hpcbind.
+HOT_COMMANDS = frozenset({"exec", "run", "shell"})
+
 # name -> (module, one-line help). Order is the order of ``hpcrun --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("hpcbind.commands.exec", "run a command inside an image"),
@@ -45,6 +48,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         from hpcbind.errors import HpcbindError
 
         raise HpcbindError(f"unknown command {name!r}", "run 'hpcrun --help' for the list")
+    if sys.flags.no_site and name not in HOT_COMMANDS:
+        import site  # the launcher skipped it (python -S); these commands need rich, etc.
+
+        site.main()
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"hpcrun {name}", description=COMMANDS[name][1])
     module.configure(parser)

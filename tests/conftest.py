@@ -1,0 +1,118 @@
+"""Shared fixtures: the conformance data, and running hpcrun as an unprivileged user.
+
+The runtime's promise is about unprivileged users, so its tests run hpcrun as the user
+``hpcbind-test`` (created by ``make test``). CI may clone the repository under /root (0700),
+out of that user's reach, so the package and the images those tests use are copied to a
+world-readable temporary directory and run with Debian's python3: the exec path needs only
+the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SIF_CORPUS = SHARED / "conformance" / "sif"
+BUSYBOX_SIF = SIF_CORPUS / "singularityce" / "images" / "busybox_amd64.sif"
+TEST_USER = "hpcbind-test"
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"conformance data not found at {SHARED}")
+    return SHARED
+
+
+@dataclass(frozen=True)
+class Unprivileged:
+    """hpcrun as the unprivileged test user, from a world-readable copy of the package."""
+
+    root: Path  # world-readable scratch directory owned by the test user
+    launcher: Path
+    busybox_sif: Path
+    uid: int
+    gid: int
+
+    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+            cwd: str | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args, env=env), capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd or str(self.root), input=input)
+
+    def argv(self, *args: str, env: dict[str, str] | None = None) -> list[str]:
+        user_env = {"HOME": pwd.getpwuid(self.uid).pw_dir, "PATH": "/usr/bin:/bin",
+                    "LANG": "C.UTF-8", **(env or {})}
+        prefix = [] if os.getuid() == self.uid else ["setpriv", f"--reuid={self.uid}",
+                                                     f"--regid={self.gid}", "--clear-groups"]
+        return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()),
+                         str(self.launcher), *args]
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), cwd=str(self.root), **kw)
+
+
+@pytest.fixture(scope="session")
+def unprivileged(shared: Path) -> Iterator[Unprivileged]:
+    if os.getuid() == 0:
+        try:
+            user = pwd.getpwnam(TEST_USER)
+        except KeyError:
+            pytest.skip(f"user {TEST_USER} missing: run 'make test-user' (make test does)")
+        uid, gid = user.pw_uid, user.pw_gid
+    else:
+        uid, gid = os.getuid(), os.getgid()
+    root = Path(tempfile.mkdtemp(prefix="hpcbind-unpriv-"))
+    shutil.copytree(REPO / "hpcbind", root / "pkg" / "hpcbind",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    launcher = root / "hpcrun"
+    launcher.write_text(f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {str(root / 'pkg')!r})\n"
+                        "from hpcbind.cli import main\nsys.exit(main())\n")
+    sif = root / "busybox.sif"
+    shutil.copyfile(BUSYBOX_SIF, sif)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path == launcher else 0o644)
+        os.chown(path, uid, gid)
+    yield Unprivileged(root, launcher, sif, uid, gid)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def user_processes(uid: int, name: str) -> list[int]:
+    """PIDs of live (not zombie) processes of ``uid`` whose command name is ``name``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if (fields.get("Name", "").strip() == name and fields.get("Uid", "").split()[0] == str(uid)
+                and not fields.get("State", "").startswith("Z")):
+            pids.append(int(entry))
+    return pids
+
+
+def hpcrun_main(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process (for commands that do not exec), capturing output."""
+    import contextlib
+    import io
+
+    from hpcbind.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
