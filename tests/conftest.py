@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ SIF_CORPUS = SHARED / "conformance" / "sif"
 BUSYBOX_SIF = SIF_CORPUS / "singularityce" / "images" / "busybox_amd64.sif"
 TEST_USER = "hpcbind-test"
 PYTHON = "/usr/bin/python3"
+HPCRUN = str(Path(sys.executable).with_name("hpcrun"))  # the venv's launcher
 
 
 @pytest.fixture(scope="session")

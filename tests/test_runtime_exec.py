@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX_SIF, Unprivileged, user_processes
+from conftest import BUSYBOX_SIF, HPCRUN, Unprivileged, user_processes
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +139,17 @@ def test_directory_and_squashfs_images(unprivileged: Unprivileged, busybox_root)
     assert r.stdout == "directory\n", r.stderr
 
 
-def test_nothing_left_after_sigkill(unprivileged: Unprivileged):
-    proc = unprivileged.popen("exec", str(unprivileged.busybox_sif), "sleep", "60",
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, None])
+def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
+    proc = unprivileged.popen("exec", str(unprivileged.busybox_sif), "sleep", "60" if sig else "1",
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while not user_processes(unprivileged.uid, "sleep") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert user_processes(unprivileged.uid, "squashfuse_ll"), "no FUSE server while running"
-    proc.kill()
-    proc.wait(timeout=10)
+    if sig:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=10) == (-sig if sig else 0)
     deadline = time.monotonic() + 10
     while user_processes(unprivileged.uid, "squashfuse_ll") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -167,3 +169,11 @@ def test_errors_are_one_line(unprivileged: Unprivileged, shared):
         r = unprivileged.run("exec", image, "true")
         assert r.returncode == 255, (image, r.stderr)
         assert text in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the kernel squashfs path is root's")
+def test_root_uses_kernel_squashfs_on_a_loop_device():
+    r = subprocess.run([HPCRUN, "exec", "-v", str(BUSYBOX_SIF), "busybox", "echo", "root"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "root\n"), r.stderr
+    assert f"image {BUSYBOX_SIF} mounted by loop" in r.stderr
