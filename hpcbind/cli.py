@@ -3,12 +3,13 @@
 Each subcommand lives in ``hpcbind/commands/<name>.py`` with two functions,
 ``configure(parser)`` and ``run(args) -> int``. Only the invoked command's module is imported:
 ``hpcrun exec`` runs once per MPI rank, and importing every command's dependencies (rich,
-cryptography, pyelftools) would cost each rank tens of milliseconds.
+cryptography, pyelftools) would cost each rank tens of milliseconds. For the same reason a
+per-rank command may offer ``parse_fast(argv) -> args | None``; argparse is imported only
+when it returns None (``--help``, a mistake to explain).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -34,7 +35,7 @@ def _usage() -> str:
     return "usage: hpcrun COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + "\n"
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]):
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
         raise SystemExit(0)
@@ -53,11 +54,30 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
         site.main()
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"hpcrun {name}", description=COMMANDS[name][1])
+    fast = getattr(module, "parse_fast", None)
+    args = fast(argv[1:]) if fast else None
+    if args is not None:
+        args.command_run = module.run
+        return args
+    parser = _parser(name)
     module.configure(parser)
     args = parser.parse_args(argv[1:])
     args.command_run = module.run
     return args
+
+
+def _parser(name: str):
+    """argparse, with usage errors as HpcbindErrors (exit 255, as Apptainer)."""
+    import argparse
+
+    from hpcbind.errors import HpcbindError
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):
+            self.print_usage(sys.stderr)
+            raise HpcbindError(message, f"see 'hpcrun {name} --help'")
+
+    return Parser(prog=f"hpcrun {name}", description=COMMANDS[name][1])
 
 
 def main(argv: list[str] | None = None) -> int:

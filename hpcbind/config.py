@@ -8,8 +8,7 @@ prints every effective value with where it came from.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
 
@@ -17,12 +16,10 @@ DEFAULT_PATH = "/etc/hpcbind/hpcbind.toml"
 ENV_PATH = "HPCBIND_CONFIG"
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    key: str  # "section.name" as written in the file
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
+class Setting(namedtuple("Setting", "key default help choices", defaults=((),))):
+    """key: "section.name" as written in the file. (A namedtuple: loaded on every rank.)"""
+
+    __slots__ = ()
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -47,13 +44,12 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
-    values: dict[str, Any]
-    sources: dict[str, str]  # key -> "default" or the file path
-    path: str
+class Config(namedtuple("Config", "values sources path")):
+    """values: key -> value; sources: key -> "default" or the file it came from."""
 
-    def __getitem__(self, key: str) -> Any:
+    __slots__ = ()
+
+    def __getitem__(self, key: str):
         return self.values[key]
 
 
@@ -89,7 +85,7 @@ def load(path: str | None = None) -> Config:
     return Config(values, sources, path)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(data: dict, prefix: str = "") -> list[tuple]:
     items = []
     for name, value in data.items():
         key = f"{prefix}{name}"
@@ -100,7 +96,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _validate(setting: Setting, value: Any, path: str) -> None:
+def _validate(setting: Setting, value, path: str) -> None:
     expected = type(setting.default)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise HpcbindError(f"setting {setting.key} in {path} must be a {expected.__name__}, "
@@ -122,7 +118,7 @@ def render(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _toml(value: Any) -> str:
+def _toml(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):

@@ -8,13 +8,12 @@ This is the one place that joins the three stages: it asks discovery for a plan 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import NoReturn
+from collections import namedtuple
 
 from hpcbind.config import Config
 from hpcbind.errors import HpcbindError
 from hpcbind.image.source import ImageSource, locate
-from hpcbind.runtime.binds import Bind, Need, parse_bind_specs
+from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import ContainerSpec, DeviceBind, enter
 from hpcbind.runtime.environment import (APPEND, PREPEND, SET, UNSET, EnvEdit, container_env,
                                          parse_env_assignments, read_env_file)
@@ -26,9 +25,9 @@ SYSTEM_BINDS = (
     Bind("/sys", "/sys", reason="devices and topology (hwloc, NUMA, GPU and HCA discovery)"),
 )
 HOST_FILES = (
-    Bind("/etc/hosts", "/etc/hosts", read_only=True, need=Need.OPTIONAL, recursive=False,
+    Bind("/etc/hosts", "/etc/hosts", read_only=True, need=OPTIONAL, recursive=False,
          reason="host names as on the host (MPI start-up stalls 5 s on a DNS timeout without)"),
-    Bind("/etc/resolv.conf", "/etc/resolv.conf", read_only=True, need=Need.OPTIONAL,
+    Bind("/etc/resolv.conf", "/etc/resolv.conf", read_only=True, need=OPTIONAL,
          recursive=False, reason="DNS as on the host"),
 )
 MINIMAL_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -40,28 +39,17 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
                "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var")
 
 
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    image: str
-    argv: tuple[str, ...]
-    binds: tuple[str, ...] = ()
-    contain: bool = False
-    containall: bool = False
-    home: str = ""  # SRC[:DST]
-    no_home: bool = False
-    pwd: str = ""
-    cleanenv: bool = False
-    env: tuple[str, ...] = ()
-    env_files: tuple[str, ...] = ()
-    nv: bool = False
-    rocm: bool = False
-    ib: bool = False
-    devices: tuple[str, ...] = ()  # CDI names
-    exec_hint: str = ""
-    verbose: bool = False
+class RunOptions(namedtuple("RunOptions", (
+        "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
+        "ib devices exec_hint verbose"),
+        defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
+                  False))):
+    """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names."""
+
+    __slots__ = ()
 
 
-def run(options: RunOptions, config: Config) -> NoReturn:
+def run(options: RunOptions, config: Config) -> "NoReturn":  # noqa: F821
     enter(container_spec(options, config, dict(os.environ)))
 
 
@@ -87,7 +75,7 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
         binds += HOST_FILES
     if not contain and config["mount.tmp"]:
         binds += [Bind("/tmp", "/tmp", reason="host /tmp (mount.tmp)"),
-                  Bind("/var/tmp", "/var/tmp", need=Need.OPTIONAL, reason="host /var/tmp")]
+                  Bind("/var/tmp", "/var/tmp", need=OPTIONAL, reason="host /var/tmp")]
     if home_src and not options.no_home and config["mount.home"] and (not contain or options.home):
         binds.append(Bind(home_src, home_dst, reason="home directory"))
     if not contain and _bind_cwd(cwd, binds):
@@ -189,7 +177,7 @@ def _apply_plan(options: RunOptions, image: ImageSource, host_env: dict[str, str
         raise HpcbindError(f"preflight check {check.name} failed: {check.message}",
                            check.fix or "see 'hpcrun plan --explain'")
     binds = [Bind(m.source, m.destination, read_only="ro" in m.options, recursive=False,
-                  need=Need(m.need.value), reason=f"{m.provider}: {m.rule}")
+                  need=m.need.value, reason=f"{m.provider}: {m.rule}")
              for m in plan.mounts]
     devices = [DeviceBind(d.source, d.path) for d in plan.devices
                if dev_minimal or d.source != d.path or not d.path.startswith("/dev/")]

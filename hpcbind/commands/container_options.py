@@ -1,44 +1,103 @@
-"""The options ``exec``, ``run`` and ``shell`` share (Apptainer's names and meanings)."""
+"""The options ``exec``, ``run`` and ``shell`` share (Apptainer's names and meanings).
+
+One table, two readers: ``parse_fast`` reads it on the per-rank path (argparse and what it
+imports cost ~10 ms per launch, paid by every MPI rank), and argparse reads it for ``--help``
+and for any command line ``parse_fast`` does not accept, so users get argparse's messages.
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections import namedtuple
 
 from hpcbind.launch import RunOptions
 
+# kind: "flag" (store_true), "value" (last wins), "list" (append)
+Option = namedtuple("Option", "flags dest kind metavar help")
 
-def configure(parser: argparse.ArgumentParser, command: bool) -> None:
-    add = parser.add_argument
-    add("-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]",
-        help="bind a host path into the container (repeatable, comma-separated lists)")
-    add("-c", "--contain", action="store_true",
-        help="minimal /dev and no host $HOME, /tmp or current directory")
-    add("-C", "--containall", action="store_true",
-        help="--contain plus --cleanenv and a private IPC namespace")
-    add("-H", "--home", default="", metavar="SRC[:DST]", help="home directory to bind")
-    add("--no-home", action="store_true", help="do not bind the home directory")
-    add("--pwd", default="", metavar="DIR", help="initial working directory in the container")
-    add("-e", "--cleanenv", action="store_true",
-        help="do not pass the host environment (except TERM and proxies)")
-    add("--env", action="append", default=[], metavar="K=V",
-        help="set an environment variable in the container (repeatable, comma lists)")
-    add("--env-file", action="append", default=[], metavar="FILE",
-        help="set environment variables from a file of K=V lines")
-    add("--nv", action="store_true", help="NVIDIA GPUs: bind the host driver and devices")
-    add("--rocm", action="store_true", help="AMD GPUs: bind the host ROCm driver and devices")
-    add("--ib", action="store_true",
-        help="InfiniBand/RoCE/Slingshot/Omni-Path: bind devices and verbs providers")
-    add("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
-        help="apply a CDI device from /etc/cdi or /var/run/cdi")
-    add("-v", "--verbose", action="store_true", help="say what is mounted and why")
-    add("image", metavar="IMAGE", help="a SIF file, a squashfs file or a sandbox directory")
-    if command:
-        add("argv", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
-    else:
-        add("args", nargs=argparse.REMAINDER, metavar="ARGS")
+OPTIONS = (
+    Option(("-B", "--bind"), "bind", "list", "SRC[:DST[:ro|rw]]",
+           "bind a host path into the container (repeatable, comma-separated lists)"),
+    Option(("-c", "--contain"), "contain", "flag", None,
+           "minimal /dev and no host $HOME, /tmp or current directory"),
+    Option(("-C", "--containall"), "containall", "flag", None,
+           "--contain plus --cleanenv and a private IPC namespace"),
+    Option(("-H", "--home"), "home", "value", "SRC[:DST]", "home directory to bind"),
+    Option(("--no-home",), "no_home", "flag", None, "do not bind the home directory"),
+    Option(("--pwd",), "pwd", "value", "DIR", "initial working directory in the container"),
+    Option(("-e", "--cleanenv"), "cleanenv", "flag", None,
+           "do not pass the host environment (except TERM and proxies)"),
+    Option(("--env",), "env", "list", "K=V",
+           "set an environment variable in the container (repeatable, comma lists)"),
+    Option(("--env-file",), "env_file", "list", "FILE",
+           "set environment variables from a file of K=V lines"),
+    Option(("--nv",), "nv", "flag", None, "NVIDIA GPUs: bind the host driver and devices"),
+    Option(("--rocm",), "rocm", "flag", None, "AMD GPUs: bind the host ROCm driver and devices"),
+    Option(("--ib",), "ib", "flag", None,
+           "InfiniBand/RoCE/Slingshot/Omni-Path: bind devices and verbs providers"),
+    Option(("--device",), "device", "list", "VENDOR/CLASS=NAME",
+           "apply a CDI device from /etc/cdi or /var/run/cdi"),
+    Option(("-v", "--verbose"), "verbose", "flag", None, "say what is mounted and why"),
+)
+_BY_FLAG = {flag: opt for opt in OPTIONS for flag in opt.flags}
 
 
-def run_options(args: argparse.Namespace, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
+class ParsedArgs:
+    """What either parser produces: one attribute per option, plus image and rest."""
+
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
+
+
+def defaults() -> dict:
+    return {o.dest: (False if o.kind == "flag" else [] if o.kind == "list" else "")
+            for o in OPTIONS}
+
+
+def parse_fast(argv: list[str]) -> ParsedArgs | None:
+    """Options, then IMAGE, then the rest verbatim; None when argparse should take over."""
+    values = defaults()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-":
+            return ParsedArgs(**values, image=arg, rest=argv[i + 1:])
+        name, eq, inline = arg.partition("=")
+        opt = _BY_FLAG.get(name if arg.startswith("--") else arg)
+        if opt is None or (eq and opt.kind == "flag") or (not arg.startswith("--") and eq):
+            return None  # --help, unknown or malformed: argparse explains
+        if opt.kind == "flag":
+            values[opt.dest] = True
+        else:
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    return None
+                inline = argv[i]
+            if opt.kind == "list":
+                values[opt.dest].append(inline)
+            else:
+                values[opt.dest] = inline
+        i += 1
+    return None  # no IMAGE
+
+
+def configure(parser, rest_metavar: str) -> None:
+    import argparse
+
+    for opt in OPTIONS:
+        kwargs = {"dest": opt.dest, "help": opt.help}
+        if opt.kind == "flag":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(metavar=opt.metavar, default=[] if opt.kind == "list" else "",
+                          action="append" if opt.kind == "list" else "store")
+        parser.add_argument(*opt.flags, **kwargs)
+    parser.add_argument("image", metavar="IMAGE",
+                        help="a SIF file, a squashfs file or a sandbox directory")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar=rest_metavar)
+
+
+def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
     return RunOptions(
         image=args.image, argv=argv, binds=tuple(args.bind), contain=args.contain,
         containall=args.containall, home=args.home, no_home=args.no_home, pwd=args.pwd,

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-
 from hpcbind import config, launch
 from hpcbind.commands import container_options
+from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 from hpcbind.errors import HpcbindError
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    container_options.configure(parser, command=True)
+def configure(parser) -> None:
+    container_options.configure(parser, "COMMAND [ARGS...]")
 
 
-def run(args: argparse.Namespace) -> int:
-    argv = tuple(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+def run(args) -> int:
+    argv = tuple(args.rest[1:] if args.rest[:1] == ["--"] else args.rest)
     if not argv:
         raise HpcbindError("no command given", "use 'hpcrun exec IMAGE COMMAND [ARGS...]'")
     launch.run(container_options.run_options(args, argv), config.load())

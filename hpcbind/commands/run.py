@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 from hpcbind import config, launch
 from hpcbind.commands import container_options
+from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 
 RUNSCRIPT = "/.singularity.d/runscript"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    container_options.configure(parser, command=False)
+def configure(parser) -> None:
+    container_options.configure(parser, "ARGS")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     options = container_options.run_options(
-        args, (RUNSCRIPT, *args.args),
+        args, (RUNSCRIPT, *args.rest),
         exec_hint=f"the image has no runscript ({RUNSCRIPT}); use 'hpcrun exec IMAGE COMMAND'")
     launch.run(options, config.load())

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
 from hpcbind import config, launch
 from hpcbind.commands import container_options
+from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 
 SHELL = 'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi; exec /bin/sh "$@"'
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    container_options.configure(parser, command=False)
-    parser.add_argument("--shell", default="", metavar="PATH", help="the shell to start")
+def configure(parser) -> None:
+    container_options.configure(parser, "ARGS")
 
 
-def run(args: argparse.Namespace) -> int:
-    argv = (args.shell, *args.args) if args.shell else ("/bin/sh", "-c", SHELL, "sh", *args.args)
+def run(args) -> int:
+    argv = ("/bin/sh", "-c", SHELL, "sh", *args.rest)
     launch.run(container_options.run_options(args, argv), config.load())

@@ -33,7 +33,7 @@ class Metadata:
 
 def read_file(image: ImageSource, path: str) -> str | None:
     """A file of the image as text, or None when the image does not have it."""
-    if image.kind is ImageKind.DIRECTORY:
+    if image.kind == ImageKind.DIRECTORY:
         full = os.path.join(image.path, path.lstrip("/"))
         if os.path.islink(full):  # never follow an image's link onto the host
             return None
@@ -66,7 +66,7 @@ def read_metadata(image: ImageSource) -> Metadata:
 
 
 def _sif_deffile(image: ImageSource) -> str | None:
-    if image.kind is not ImageKind.SIF:
+    if image.kind != ImageKind.SIF:
         return None
     from hpcbind.image.sif import DataType, SifImage
 

@@ -7,8 +7,7 @@ directory. The kind is read from the file's magic, never guessed from its name.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from enum import StrEnum
+from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
 
@@ -16,23 +15,22 @@ SIF_MAGIC = b"SIF_MAGIC\0"
 SQUASHFS_MAGIC = b"hsqs"
 
 
-class ImageKind(StrEnum):
+class ImageKind:
     SIF = "sif"
     SQUASHFS = "squashfs"
     DIRECTORY = "directory"
 
 
-@dataclass(frozen=True, slots=True)
-class ImageSource:
-    path: str  # host realpath
-    kind: ImageKind
-    offset: int = 0  # of the squashfs within the file
-    size: int = 0
-    arch: str = ""  # Go arch name from the SIF partition; "" when the format does not say
+class ImageSource(namedtuple("ImageSource", "path kind offset size arch",
+                             defaults=(0, 0, ""))):
+    """path: host realpath; offset/size: of the squashfs in the file; arch: Go arch name from
+    the SIF partition, "" when the format does not say. (A namedtuple: loaded on every rank.)"""
+
+    __slots__ = ()
 
     @property
     def is_squashfs(self) -> bool:
-        return self.kind is not ImageKind.DIRECTORY
+        return self.kind != ImageKind.DIRECTORY
 
 
 def locate(image: str) -> ImageSource:

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import NoReturn
+from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
 from hpcbind.image.source import ImageSource
@@ -39,31 +38,27 @@ SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the s
 ENV_SCRIPTS = "/.singularity.d/env"
 
 
-@dataclass(frozen=True)
-class DeviceBind:
-    source: str  # host path
-    destination: str  # container path
+class DeviceBind(namedtuple("DeviceBind", "source destination")):
+    """A device node: host path, container path."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    image: ImageSource
-    argv: tuple[str, ...]
-    env: ContainerEnv
-    cwd: str  # initial directory inside
-    binds: tuple[Bind, ...] = ()  # in mount order
-    devices: tuple[DeviceBind, ...] = ()
-    links: tuple[tuple[str, str], ...] = ()  # (container path, target)
-    home: str = ""
-    session_size_mb: int = 64
-    rootfs: RootfsOptions = field(default_factory=RootfsOptions)
-    use_env_scripts: bool = True
-    new_ipc: bool = False
-    exec_hint: str = ""  # what to say when argv[0] is missing from the image
-    verbose: bool = False
+class ContainerSpec(namedtuple("ContainerSpec", (
+        "image argv env cwd binds devices links home session_size_mb rootfs use_env_scripts "
+        "new_ipc exec_hint verbose"),
+        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False))):
+    """Everything the runtime needs, decided before any namespace exists.
+
+    image: ImageSource; argv: the command; env: ContainerEnv; cwd: initial directory inside;
+    binds: Binds in mount order; devices: DeviceBinds; links: (container path, target);
+    exec_hint: what to say when argv[0] is missing from the image.
+    """
+
+    __slots__ = ()
 
 
-def enter(spec: ContainerSpec) -> NoReturn:
+def enter(spec: ContainerSpec) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
     user = identity.host_user()  # on the host, before any namespace
     sources = [(b, host_source(b)) for b in spec.binds]
     _unshare(user.uid, user.gid, spec.new_ipc)
@@ -203,7 +198,7 @@ def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
                                               read_only=True, recursive=False))
 
 
-def _exec(spec: ContainerSpec) -> NoReturn:
+def _exec(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
     try:
         os.chdir(spec.cwd)
     except OSError:

@@ -10,17 +10,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
+from collections import namedtuple
 
 
-@dataclass(frozen=True, slots=True)
-class HostUser:
-    uid: int
-    gid: int
-    name: str
-    group: str
-    gecos: str = ""
-    shell: str = "/bin/sh"
+class HostUser(namedtuple("HostUser", "uid gid name group gecos shell",
+                          defaults=("", "/bin/sh"))):
+    __slots__ = ()
 
 
 def host_user() -> HostUser:

@@ -1,0 +1,55 @@
+"""``hpcrun build [--force] [--sandbox] [--compression C] [--build-arg K=V] OUT SOURCE``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from hpcbind.errors import HpcbindError
+
+# The compression default can come from the environment, so a site can make lz4 or zstd its
+# default for faster container start-up without changing every build command.
+COMPRESSION_ENV = "HPCRUN_BUILD_COMPRESSION"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from hpcbind.image.build import COMPRESSIONS
+
+    parser.add_argument("-F", "--force", action="store_true",
+                        help="overwrite OUT if it exists; let %%labels and %%help replace "
+                             "existing ones")
+    parser.add_argument("-s", "--sandbox", action="store_true",
+                        help="write a sandbox directory instead of a SIF file")
+    parser.add_argument("--compression", choices=COMPRESSIONS,
+                        default=os.environ.get(COMPRESSION_ENV, COMPRESSIONS[0]),
+                        help=f"squashfs compression (default: ${COMPRESSION_ENV} or gzip, as "
+                             "Apptainer; lz4 and zstd start faster, and need a squashfuse or "
+                             "kernel built with them where the image runs)")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="value for {{ KEY }} in the definition file (repeatable)")
+    parser.add_argument("out", metavar="OUT", type=Path, help="the SIF file (or directory) "
+                        "to write")
+    parser.add_argument("source", metavar="SOURCE", type=Path,
+                        help="a definition file, sandbox directory, squashfs file or SIF")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpcbind.image.build import build, console_progress
+
+    with console_progress() as progress:
+        build(args.out, args.source, force=args.force, sandbox=args.sandbox,
+              compression=args.compression, build_args=_build_args(args.build_arg),
+              progress=progress)
+    return 0
+
+
+def _build_args(pairs: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise HpcbindError(f"--build-arg {pair!r} is not KEY=VALUE",
+                               "write e.g. --build-arg VERSION=1.2")
+        parsed[key.strip()] = value.strip()
+    return parsed

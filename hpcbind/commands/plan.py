@@ -1,0 +1,99 @@
+"""``hpcrun plan [--nv] [--rocm] [--ib] [--device NAME]... [IMAGE]``: what would be bound, and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from hpcbind.errors import HpcbindError
+from hpcbind.hostroot import HostRoot
+
+EXIT_CHECK_FAILED = 1
+
+EPILOG = """\
+exit status: 0 when the plan was made (even when nothing was found), 1 when a check failed,
+255 for a usage error (a missing image, sysroot or plan file).
+--capture writes the host files the plan was read from; 'tar xzf' it and pass the directory
+to --sysroot to get the same plan (same digest) on any machine.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add = parser.add_argument
+    add("--nv", action="store_true", help="NVIDIA GPUs: the host driver's libraries, binaries and devices")
+    add("--rocm", action="store_true", help="AMD GPUs: the host ROCm libraries and devices")
+    add("--ib", action="store_true", help="InfiniBand/RoCE/Slingshot/Omni-Path devices and verbs providers")
+    add("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
+        help="a CDI device from /etc/cdi or /var/run/cdi, e.g. nvidia.com/gpu=0 or =all (repeatable)")
+    add("--sysroot", metavar="DIR", type=Path,
+        help="read the host from this directory (a capture) instead of /")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the plan as JSON, with its digest")
+    out.add_argument("--cdi", action="store_true", help="the plan as a CDI spec (JSON)")
+    out.add_argument("--explain", action="store_true", help="one sentence per entry: why it is there")
+    out.add_argument("--diff", nargs=2, metavar=("A.json", "B.json"), type=Path,
+                     help="what changed from plan A to plan B (files from --json)")
+    add("--capture", metavar="OUT.tar.gz", type=Path,
+        help="also write the host files the plan was made from to this archive")
+    add("image", nargs="?", type=Path, metavar="IMAGE",
+        help="check the plan against this image (SIF, squashfs or sandbox directory)")
+
+
+def _host(sysroot: Path | None) -> HostRoot:
+    if sysroot is None:
+        return HostRoot()
+    if not sysroot.is_dir():
+        raise HpcbindError(f"--sysroot {sysroot} is not a directory",
+                           "extract a capture first: tar xzf host.tar.gz -C DIR")
+    return HostRoot(sysroot.resolve())
+
+
+def _diff(a: Path, b: Path) -> int:
+    from hpcbind.discover import load_plan
+    from hpcbind.planview import diff
+
+    old, new = load_plan(a), load_plan(b)
+    sys.stdout.write(diff(old, new, str(a), str(b)) or f"plans are identical ({old.digest})\n")
+    return 0
+
+
+def _render(args: argparse.Namespace, plan) -> str:
+    from hpcbind import planview
+
+    if args.json:
+        return plan.to_json() + "\n"
+    if args.cdi:
+        from hpcbind.cdi import to_cdi
+
+        return json.dumps(to_cdi(plan), indent=2) + "\n"
+    if args.explain:
+        return planview.explain(plan)
+    tty = sys.stdout.isatty()
+    return planview.render_table(plan, color=tty and "NO_COLOR" not in os.environ,
+                                 width=shutil.get_terminal_size().columns if tty else 200)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.diff:
+        return _diff(*args.diff)
+    from hpcbind.discover import Request, make_plan
+
+    if args.image is not None and not args.image.exists():
+        raise HpcbindError(f"image {args.image} does not exist",
+                           "give a SIF file, a squashfs file or a sandbox directory")
+    request = Request(nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device))
+    host = _host(args.sysroot)
+    if args.capture:
+        from hpcbind.capture import capture
+
+        plan = capture(request, host, os.environ, args.image, out=args.capture)
+    else:
+        plan = make_plan(request, host, os.environ, args.image)
+    sys.stdout.write(_render(args, plan))
+    return EXIT_CHECK_FAILED if plan.failed else 0
