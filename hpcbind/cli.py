@@ -32,7 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "usage: hpcrun COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + "\n"
+    return ("usage: hpcrun COMMAND [ARGS...]\n"
+            "       hpcrun [FLAGS] mpirun|mpiexec|srun [LAUNCHER ARGS] IMAGE COMMAND [ARGS...]\n"
+            "\ncommands:\n" + "\n".join(lines) + "\n"
+            "\nFLAGS are those of 'hpcrun exec' (--nv, --ib, --bind, ...); each rank joins one "
+            "container per node.\n")
 
 
 def parse(argv: list[str]):
@@ -45,14 +49,21 @@ def parse(argv: list[str]):
         print(f"hpcrun {__version__}")
         raise SystemExit(0)
     name = argv[0]
-    if name not in COMMANDS:
-        from hpcbind.errors import HpcbindError
-
-        raise HpcbindError(f"unknown command {name!r}", "run 'hpcrun --help' for the list")
     if sys.flags.no_site and name not in HOT_COMMANDS:
         import site  # the launcher skipped it (python -S); these commands need rich, etc.
 
         site.main()
+    if name not in COMMANDS:
+        from hpcbind.commands import launcher  # hpcrun [FLAGS] mpirun|mpiexec|srun ...
+
+        args = launcher.parse(argv)
+        if args is not None:
+            return args
+        from hpcbind.errors import HpcbindError
+
+        raise HpcbindError(f"unknown command or launcher {name!r}",
+                           "run 'hpcrun --help' for the commands, or give a launcher "
+                           "(mpirun, mpiexec, srun) after hpcrun's flags")
     module = importlib.import_module(COMMANDS[name][0])
     fast = getattr(module, "parse_fast", None)
     args = fast(argv[1:]) if fast else None

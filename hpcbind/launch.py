@@ -12,11 +12,11 @@ from collections import namedtuple
 
 from hpcbind.config import Config
 from hpcbind.errors import HpcbindError
-from hpcbind.image.source import ImageSource, locate
+from hpcbind.image.source import ImageKind, ImageSource, locate
 from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import ContainerSpec, DeviceBind, enter
-from hpcbind.runtime.environment import (APPEND, PREPEND, SET, UNSET, EnvEdit, container_env,
-                                         parse_env_assignments, read_env_file)
+from hpcbind.runtime.environment import (APPEND, PREPEND, SET, UNSET, ContainerEnv, EnvEdit,
+                                         container_env, parse_env_assignments, read_env_file)
 from hpcbind.runtime.rootfs import RootfsOptions
 
 # Binds every container gets (Apptainer's defaults). Each says why it is there.
@@ -41,22 +41,41 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
 
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
-        "ib devices exec_hint verbose"),
+        "ib devices exec_hint verbose node_session"),
         defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
-                  False))):
-    """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names."""
+                  False, ""))):
+    """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
+    node_session: the key shared by the ranks of one launch (one container per node)."""
 
     __slots__ = ()
 
 
 def run(options: RunOptions, config: Config) -> "NoReturn":  # noqa: F821
-    enter(container_spec(options, config, dict(os.environ)))
+    host_env = dict(os.environ)
+    if options.node_session:
+        from hpcbind.runtime import nodesession
+
+        nodesession.join(options.node_session,
+                         lambda: container_spec(options, config, host_env),
+                         lambda shared: rank_spec(options, config, host_env, shared))
+    enter(container_spec(options, config, host_env))
+
+
+def rank_spec(options: RunOptions, config: Config, host_env: dict[str, str],
+              shared: dict) -> ContainerSpec:
+    """A rank joining its node's container: its own environment and directory, the
+    container's edits (user settings and plan, computed once by the node's holder)."""
+    image = ImageSource(os.path.realpath(options.image), ImageKind.SIF)
+    base = _environment(options, config, host_env, image, shared["home"], [])
+    env = ContainerEnv(base.base, tuple(EnvEdit(*e) for e in shared["edits"]))
+    return ContainerSpec(image=image, argv=options.argv, env=env,
+                         cwd=_initial_dir(options, config, shared["home"]), home=shared["home"],
+                         exec_hint=options.exec_hint, verbose=options.verbose)
 
 
 def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]) -> ContainerSpec:
     image = locate(options.image)
-    contain = options.contain or options.containall or config["defaults.contain"]
-    cleanenv = options.cleanenv or options.containall or config["defaults.cleanenv"]
+    contain = _contained(options, config)
     cwd = os.getcwd()
     home_src, home_dst = _home(options, host_env)
 
@@ -92,18 +111,11 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
         devices += plan_devices
         links += plan_links
 
-    user_env = [pair for item in options.env
-                for pair in parse_env_assignments(item.split(","), "--env")]
-    for path in options.env_files:
-        user_env += read_env_file(path)
-    env = container_env(
-        host_env, home=home_dst, cleanenv=cleanenv, user_env=user_env,
-        runtime_vars=_runtime_vars(image), plan_edits=plan_edits)
     return ContainerSpec(
         image=image,
         argv=options.argv,
-        env=env,
-        cwd=options.pwd or (cwd if not contain else home_dst),
+        env=_environment(options, config, host_env, image, home_dst, plan_edits),
+        cwd=_initial_dir(options, config, home_dst),
         binds=tuple(binds),
         devices=tuple(devices),
         links=tuple(links),
@@ -116,6 +128,25 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
         exec_hint=options.exec_hint,
         verbose=options.verbose,
     )
+
+
+def _contained(options: RunOptions, config: Config) -> bool:
+    return options.contain or options.containall or config["defaults.contain"]
+
+
+def _initial_dir(options: RunOptions, config: Config, home: str) -> str:
+    return options.pwd or (home if _contained(options, config) else os.getcwd())
+
+
+def _environment(options: RunOptions, config: Config, host_env: dict[str, str],
+                 image: ImageSource, home: str, plan_edits: list[EnvEdit]) -> ContainerEnv:
+    user_env = [pair for item in options.env
+                for pair in parse_env_assignments(item.split(","), "--env")]
+    for path in options.env_files:
+        user_env += read_env_file(path)
+    cleanenv = options.cleanenv or options.containall or config["defaults.cleanenv"]
+    return container_env(host_env, home=home, cleanenv=cleanenv, user_env=user_env,
+                         runtime_vars=_runtime_vars(image), plan_edits=plan_edits)
 
 
 def _home(options: RunOptions, host_env: dict[str, str]) -> tuple[str, str]:

@@ -9,6 +9,7 @@ the standard library.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import shutil
@@ -26,6 +27,8 @@ SHARED = REPO.parent / "shared"
 SIF_CORPUS = SHARED / "conformance" / "sif"
 BUSYBOX_SIF = SIF_CORPUS / "singularityce" / "images" / "busybox_amd64.sif"
 TEST_USER = "hpcbind-test"
+# what hpcrun imports beyond the standard library outside the plain exec path
+PURE_PYTHON_DEPENDENCIES = ("elftools", "yaml", "rich", "pygments", "markdown_it", "mdurl")
 PYTHON = "/usr/bin/python3"
 HPCRUN = str(Path(sys.executable).with_name("hpcrun"))  # the venv's launcher
 
@@ -77,6 +80,9 @@ def unprivileged(shared: Path) -> Iterator[Unprivileged]:
     root = Path(tempfile.mkdtemp(prefix="hpcbind-unpriv-"))
     shutil.copytree(REPO / "hpcbind", root / "pkg" / "hpcbind",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    for module in PURE_PYTHON_DEPENDENCIES:  # the launcher's preflight reads ELF files
+        source = Path(importlib.import_module(module).__path__[0])
+        shutil.copytree(source, root / "pkg" / module, ignore=shutil.ignore_patterns("__pycache__"))
     launcher = root / "hpcrun"
     launcher.write_text(f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {str(root / 'pkg')!r})\n"
                         "from hpcbind.cli import main\nsys.exit(main())\n")

@@ -37,6 +37,9 @@ OPTIONS = (
     Option(("--device",), "device", "list", "VENDOR/CLASS=NAME",
            "apply a CDI device from /etc/cdi or /var/run/cdi"),
     Option(("-v", "--verbose"), "verbose", "flag", None, "say what is mounted and why"),
+    Option(("--node-session",), "node_session", "value", "KEY",
+           "share one container among the processes of this node that give the same KEY "
+           "(set by 'hpcrun mpirun|mpiexec|srun'; rarely given by hand)"),
 )
 _BY_FLAG = {flag: opt for opt in OPTIONS for flag in opt.flags}
 
@@ -103,5 +106,5 @@ def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
         containall=args.containall, home=args.home, no_home=args.no_home, pwd=args.pwd,
         cleanenv=args.cleanenv, env=tuple(args.env), env_files=tuple(args.env_file),
         nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
-        exec_hint=exec_hint, verbose=args.verbose,
+        exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
     )

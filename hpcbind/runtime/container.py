@@ -59,6 +59,12 @@ class ContainerSpec(namedtuple("ContainerSpec", (
 
 
 def enter(spec: ContainerSpec) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
+    prepare(spec)
+    execute(spec)
+
+
+def prepare(spec: ContainerSpec) -> None:
+    """Steps 1-5: this process ends up inside the container, not yet running the program."""
     user = identity.host_user()  # on the host, before any namespace
     sources = [(b, host_source(b)) for b in spec.binds]
     _unshare(user.uid, user.gid, spec.new_ipc)
@@ -95,7 +101,6 @@ def enter(spec: ContainerSpec) -> "NoReturn":  # noqa: F821 (typing costs a rank
     os.chdir(new)
     linux.pivot_root(".", ".")
     linux.umount2(".", linux.MNT_DETACH)
-    _exec(spec)
 
 
 def _unshare(uid: int, gid: int, new_ipc: bool) -> None:
@@ -198,7 +203,8 @@ def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
                                               read_only=True, recursive=False))
 
 
-def _exec(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
+def execute(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
+    """Step 6, in a process already inside the container (by prepare, or by joining one)."""
     try:
         os.chdir(spec.cwd)
     except OSError:

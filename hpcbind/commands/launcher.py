@@ -1,0 +1,92 @@
+"""``hpcrun [FLAGS] mpirun|mpiexec|srun [LAUNCHER ARGS] IMAGE COMMAND [ARGS]``
+
+Not a subcommand: the CLI comes here when the first word after hpcrun's flags is a launcher.
+Everything is checked before any rank starts (launcher on PATH, image, preflight plan, MPI
+family), then hpcrun execs the launcher, whose exit code and signals are the job's.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+import sys
+
+from hpcbind.commands import container_options
+from hpcbind.errors import HpcbindError
+from hpcbind.mpi import launcher as mpi_launcher
+
+
+def parse(argv: list[str]):
+    args = container_options.parse_fast(argv)
+    if args is None or mpi_launcher.family_of(args.image) is None:
+        return None
+    args.flag_tokens = argv[:len(argv) - len(args.rest) - 1]
+    args.command_run = run
+    return args
+
+
+def run(args) -> int:
+    line = mpi_launcher.split([args.image, *args.rest])
+    launcher_path = _which(line.launcher)
+    image = _image(line)
+    _preflight(args, line, image)
+    _raise_open_files_limit()
+    argv = mpi_launcher.rewrite(line, _hpcrun_path(), list(args.flag_tokens),
+                                secrets.token_hex(8), dict(os.environ))
+    if args.verbose:
+        print("hpcrun:", " ".join(argv), file=sys.stderr)
+    os.execv(launcher_path, argv)
+
+
+def _which(name: str) -> str:
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        raise HpcbindError(f"launcher {name} not found on PATH",
+                           "load the MPI or Slurm environment (module load ...) and retry")
+    return path
+
+
+def _image(line):
+    from hpcbind.image.source import locate
+
+    try:
+        return locate(line.image)
+    except HpcbindError as err:
+        raise HpcbindError(err.what, mpi_launcher.not_an_image_hint(line)) from None
+
+
+def _preflight(args, line, image) -> None:
+    """The plan for the image (GPU/fabric if asked, and the image's MPI) and the MPI family."""
+    from pathlib import Path
+
+    from hpcbind.discover import Request, make_plan, read_image_facts
+
+    facts = read_image_facts(Path(image.path))
+    if args.nv or args.rocm or args.ib or args.device:
+        plan = make_plan(Request(nv=args.nv, rocm=args.rocm, ib=args.ib,
+                                 devices=tuple(args.device)), image=Path(image.path))
+        if plan.failed:
+            check = plan.failed[0]
+            raise HpcbindError(f"preflight check {check.name} failed: {check.message}",
+                               check.fix or "see 'hpcrun plan --explain IMAGE'")
+    problem = mpi_launcher.family_check(line.family, facts.mpi)
+    if problem:
+        raise HpcbindError(*problem)
+
+
+def _raise_open_files_limit() -> None:
+    # Open MPI runs out of pipes at a few hundred local ranks with the default 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _hpcrun_path() -> str:
+    """The hpcrun the ranks run: this one (on a shared filesystem, like the image)."""
+    me = os.path.realpath(sys.argv[0])
+    if os.path.basename(me) == "hpcrun" and os.access(me, os.X_OK):
+        return me
+    return _which("hpcrun")

@@ -1,0 +1,180 @@
+"""One container per node, shared by the node's ranks.
+
+Under ``hpcrun mpirun``, every rank runs ``hpcrun exec --node-session KEY ...`` with the same
+KEY. The first rank on a node to bind the abstract socket ``\\0hpcbind/<uid>/<KEY>`` forks a
+*holder*: a process that computes the container once (discovery, the plan, the image mount,
+the binds) and stays in it. Every rank of the node, that first one included, connects,
+receives the holder's user and mount namespaces as file descriptors (SCM_RIGHTS), joins them
+with ``setns`` and execs its program. So the node mounts the image once, discovers once, and
+its ranks share one user namespace, which CMA, XPMEM and ptrace-based shared memory need
+(the approach of pyxis and Charliecloud's ``--join``).
+
+The holder watches its ranks through pidfds (Linux >= 5.3): it exits when the last rank
+that joined has exited, however it ended (``kill -9`` included), and the kernel then tears
+the namespaces and mounts down; the FUSE server dies with the holder (PR_SET_PDEATHSIG).
+An abstract socket leaves no file behind, and the peer's uid is checked (SO_PEERCRED) both
+ways, so another user cannot squat a KEY or join someone else's container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+
+from hpcbind.errors import HpcbindError
+from hpcbind.runtime import linux
+
+CLONE_NEWUSER = linux.CLONE_NEWUSER
+CLONE_NEWNS = linux.CLONE_NEWNS
+_IDLE_EXIT_S = 60.0  # a holder no rank ever joins goes away after this
+_MAX_MESSAGE = 1 << 20
+
+
+def socket_name(key: str) -> bytes:
+    return f"\0hpcbind/{os.getuid()}/{key}".encode()
+
+
+def join(key: str, make_spec, make_rank_spec) -> "NoReturn":  # noqa: F821
+    """Join (creating if first) the node's container for ``key`` and exec the program.
+
+    ``make_spec()`` computes the whole container spec (only the creator calls it);
+    ``make_rank_spec(shared)`` computes this rank's spec from what the holder shares.
+    """
+    from hpcbind.runtime.container import execute
+
+    for _ in range(5):  # a holder may be exiting just as we connect: start over
+        listener = _try_bind(key)
+        if listener is not None:
+            _spawn_holder(listener, make_spec)
+        reply = _receive(key)
+        if reply is None:
+            continue
+        shared, fds = reply
+        if "error" in shared:
+            raise HpcbindError(shared["error"], shared.get("fix", ""))
+        _enter_namespaces(fds)
+        execute(make_rank_spec(shared))
+    raise HpcbindError(f"could not join the node session {key}",
+                       "run again; if it persists, report it with 'hpcrun -v'")
+
+
+def _try_bind(key: str) -> socket.socket | None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(socket_name(key))
+    except OSError as err:
+        listener.close()
+        if err.errno == 98:  # EADDRINUSE: another rank of this node created it
+            return None
+        raise
+    listener.listen(4096)
+    return listener
+
+
+def _spawn_holder(listener: socket.socket, make_spec) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _holder(listener, make_spec)
+        finally:
+            os._exit(0)
+    listener.close()
+    # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
+
+
+def _holder(listener: socket.socket, make_spec) -> None:
+    os.setsid()  # signals aimed at one rank's process group must not take the node down
+    _keep_only(listener.fileno())
+    try:
+        spec = make_spec()
+        from hpcbind.runtime.container import prepare
+
+        prepare(spec)
+        shared = {"edits": [list(e) for e in spec.env.edits], "home": spec.home}
+        fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
+               os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)]
+    except HpcbindError as err:
+        shared, fds = {"error": err.what, "fix": err.fix}, []
+    except Exception as err:  # a bug: its traceback would go to /dev/null, so tell the ranks
+        shared, fds = {"error": f"internal error setting up the node's container: {err!r}",
+                       "fix": "report it with the command line"}, []
+    _serve(listener, json.dumps(shared).encode(), fds)
+
+
+def _keep_only(listener_fd: int) -> None:
+    """Let go of everything inherited from the rank: the launcher waits for EOF on the ranks'
+    output pipes, and Hydra's PMI_FD must close when the rank that owns it exits."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    keep = sorted({0, 1, 2, listener_fd})
+    for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
+        os.closerange(low + 1, high)
+
+
+def _serve(listener: socket.socket, payload: bytes, fds: list[int]) -> None:
+    uid = os.getuid()
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    ranks: dict[int, int] = {}  # pidfd -> pid
+    ever_joined = False
+    while True:
+        if ever_joined and not ranks:
+            return
+        events = poller.poll(None if ever_joined else _IDLE_EXIT_S * 1000)
+        if not events:
+            return
+        for fd, _ in events:
+            if fd == listener.fileno():
+                conn, _ = listener.accept()
+                with conn:
+                    pid, peer_uid = _peer(conn)
+                    if peer_uid != uid:
+                        continue
+                    try:
+                        pidfd = os.pidfd_open(pid)
+                    except OSError:
+                        continue  # it died before we looked
+                    socket.send_fds(conn, [payload], fds)
+                ranks[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                ever_joined = True
+            else:  # a rank exited
+                poller.unregister(fd)
+                os.close(fd)
+                del ranks[fd]
+
+
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _receive(key: str) -> tuple[dict, list[int]] | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with conn:
+        try:
+            conn.connect(socket_name(key))
+        except ConnectionRefusedError:
+            return None  # bound but not listening yet, or gone: try again
+        if _peer(conn)[1] != os.getuid():
+            raise HpcbindError(f"node session {key} is held by another user",
+                               "use a different key (hpcrun picks a random one per launch)")
+        message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+    if not message:
+        return None
+    return json.loads(message), fds
+
+
+def _enter_namespaces(fds: list[int]) -> None:
+    user_fd, mnt_fd = fds
+    # root's holder has no user namespace of its own: joining ours again would be EINVAL
+    if os.fstat(user_fd).st_ino != os.stat("/proc/self/ns/user").st_ino:
+        linux.setns(user_fd, CLONE_NEWUSER)
+    linux.setns(mnt_fd, CLONE_NEWNS)
+    os.close(user_fd)
+    os.close(mnt_fd)

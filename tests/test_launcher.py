@@ -1,0 +1,148 @@
+"""``hpcrun [FLAGS] mpirun|mpiexec|srun ... IMAGE CMD``: the launcher line, then real jobs of
+Open MPI's mpirun and MPICH's Hydra as the unprivileged user, one container per node."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import Unprivileged, user_processes
+from hpcbind.errors import HpcbindError
+from hpcbind.mpi import launcher
+from mpi_images import build_mpi_image
+
+# --- the launcher line (pure) ---------------------------------------------------------------
+
+LINES = {
+    launcher.OPENMPI: (["mpirun", "-np", "4", "--mca", "btl", "self,vader", "-x", "FOO",
+                        "--oversubscribe", "app.sif", "./solver", "-n", "3"],
+                       ["-np", "4", "--mca", "btl", "self,vader", "-x", "FOO",
+                        "--oversubscribe"]),
+    launcher.MPICH: (["mpiexec.mpich", "-n", "2", "-genv", "A", "1", "-l", "app.sif", "./solver"],
+                     ["-n", "2", "-genv", "A", "1", "-l"]),
+    launcher.SLURM: (["srun", "-N", "3", "--ntasks=6", "--mpi", "pmix", "-O", "app.sif",
+                      "./solver"],
+                     ["-N", "3", "--ntasks=6", "--mpi", "pmix", "-O"]),
+}
+
+
+def test_every_family_has_a_golden_line():
+    assert set(LINES) == set(launcher.LAUNCHER_FAMILIES.values())
+
+
+@pytest.mark.parametrize("family", sorted(LINES))
+def test_split_finds_the_image_after_the_launchers_options(family):
+    argv, options = LINES[family]
+    line = launcher.split(argv)
+    assert (line.family, line.options, line.image) == (family, options, "app.sif")
+    assert line.command == argv[argv.index("app.sif") + 1:]
+
+
+def test_rewrite_runs_each_rank_through_hpcrun_exec():
+    line = launcher.split(LINES[launcher.OPENMPI][0])
+    env = {"HPCBIND_CONFIG": "/etc/x.toml", "APPTAINERENV_A": "1", "HOME": "/h"}
+    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env) == [
+        "mpirun", "-x", "APPTAINERENV_A", "-x", "HPCBIND_CONFIG", *LINES[launcher.OPENMPI][1],
+        "/opt/hpcrun", "exec", "--node-session", "KEY", "--nv", "app.sif", "./solver", "-n", "3"]
+    srun = launcher.split(LINES[launcher.SLURM][0])
+    assert launcher.rewrite(srun, "/opt/hpcrun", [], "K", env)[:7] == ["srun", "-N", "3",
+                                                                      "--ntasks=6", "--mpi",
+                                                                      "pmix", "-O"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mpirun", "-np", "4"], "no image"),
+    (["mpirun", "-np", "4", "app.sif"], "no command after the image"),
+    (["notalauncher", "app.sif", "x"], "is not a launcher"),
+])
+def test_bad_launcher_lines(argv, message):
+    with pytest.raises(HpcbindError, match=message):
+        launcher.split(argv)
+
+
+# --- real jobs as the unprivileged user ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mpi_images(unprivileged: Unprivileged):
+    return {family: build_mpi_image(family, unprivileged.root)
+            for family in ("openmpi", "mpich")}
+
+
+OPENMPI = ["mpirun.openmpi", "--oversubscribe"]
+
+
+def test_open_mpi_job_in_containers(unprivileged: Unprivileged, mpi_images):
+    r = unprivileged.run(*OPENMPI, "-np", "4", str(mpi_images["openmpi"]),
+                         "/usr/local/bin/mpi-check", timeout=120)
+    assert (r.returncode, r.stdout) == (0, "OK size=4 sum=6 node_ranks=4\n"), r.stderr
+
+
+def test_mpich_hydra_job_in_containers(unprivileged: Unprivileged, mpi_images):
+    r = unprivileged.run("mpiexec.mpich", "-n", "4", str(mpi_images["mpich"]),
+                         "/usr/local/bin/mpi-check", timeout=120)
+    assert (r.returncode, r.stdout) == (0, "OK size=4 sum=6 node_ranks=4\n"), r.stderr
+
+
+def test_ranks_of_a_node_share_one_container(unprivileged: Unprivileged):
+    r = unprivileged.run(*OPENMPI, "-np", "3", str(unprivileged.busybox_sif), "sh", "-c",
+                         "readlink /proc/self/ns/mnt; readlink /proc/self/ns/user", timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6 and len(set(lines)) == 2  # 3 ranks, one mnt and one user ns
+    host_mnt = subprocess.run(["readlink", "/proc/self/ns/mnt"], capture_output=True,
+                              text=True).stdout.strip()
+    assert host_mnt not in lines
+
+
+def test_settings_reach_every_rank(unprivileged: Unprivileged):
+    r = unprivileged.run("--env", "FROM_HPCRUN=yes", *OPENMPI, "-np", "2",
+                         str(unprivileged.busybox_sif), "sh", "-c", "echo $FROM_HPCRUN",
+                         timeout=120)
+    assert (r.returncode, r.stdout) == (0, "yes\nyes\n"), r.stderr
+
+
+def test_rank_exit_code_propagates(unprivileged: Unprivileged):
+    r = unprivileged.run(*OPENMPI, "-np", "2", str(unprivileged.busybox_sif), "sh", "-c",
+                         "exit 3", timeout=120)
+    assert r.returncode == 3
+
+
+def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
+    job = unprivileged.popen(*OPENMPI, "-np", "3", str(unprivileged.busybox_sif), "sleep", "120",
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(user_processes(unprivileged.uid, "sleep")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ranks = user_processes(unprivileged.uid, "sleep")
+    assert len(ranks) == 3 and user_processes(unprivileged.uid, "squashfuse_ll")
+    subprocess.run(["kill", "-9", str(ranks[0])], check=True)
+    job.wait(timeout=60)
+    assert job.returncode != 0
+    deadline = time.monotonic() + 20
+    leftovers = ["sleep", "squashfuse_ll", "hpcrun", "python3"]
+    while any(user_processes(unprivileged.uid, n) for n in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert {n: user_processes(unprivileged.uid, n) for n in leftovers} == {n: [] for n in leftovers}
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["srun", "-n", "2", "{sif}", "true"], {"PATH": "/nonexistent"},
+     "launcher srun not found on PATH"),
+    (["mpirun.openmpi", "-np", "2", "{missing}", "true"], {}, "not found"),
+    (["mpirun.openmpi", "-np", "2", "--host", "{sif}", "true"], {}, ""),
+])
+def test_launcher_errors_before_any_rank(unprivileged: Unprivileged, args, env, message):
+    subs = {"{sif}": str(unprivileged.busybox_sif), "{missing}": "/nonexistent/app.sif"}
+    argv = [subs.get(a, a) for a in args]
+    r = unprivileged.run(*argv, env=env, timeout=60)
+    assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr
+
+
+def test_mpi_family_mismatch_is_refused(unprivileged: Unprivileged, mpi_images):
+    r = unprivileged.run(*OPENMPI, "-np", "2", str(mpi_images["mpich"]),
+                         "/usr/local/bin/mpi-check", timeout=120)
+    assert r.returncode == 255
+    assert "the image's MPI is MPICH" in r.stderr and "mpiexec.mpich" in r.stderr
