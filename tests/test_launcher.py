@@ -146,3 +146,47 @@ def test_mpi_family_mismatch_is_refused(unprivileged: Unprivileged, mpi_images):
                          "/usr/local/bin/mpi-check", timeout=120)
     assert r.returncode == 255
     assert "the image's MPI is MPICH" in r.stderr and "mpiexec.mpich" in r.stderr
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /scratch rw,relatime shared:9 - lustre 10.0.0.1@o2ib:/fs rw
+31 22 0:41 / /home rw,relatime shared:10 - nfs4 srv:/home rw
+32 22 0:42 / /tmp rw,nosuid shared:11 - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize("path, fstype", [("/scratch/u/app.sif", "lustre"),
+                                          ("/home/u/app.sif", "nfs4"), ("/tmp/app.sif", "tmpfs"),
+                                          ("/opt/app.sif", "ext4"), ("/scratchy/app.sif", "ext4")])
+def test_filesystem_of_a_path(path, fstype):
+    assert launcher.filesystem_type(path, MOUNTINFO) == fstype
+
+
+def test_hosts_named_by_each_family(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# nodes\nn1 slots=4\nn2:8\n\n")
+    files = {str(hostfile): hostfile.read_text()}.get
+    cases = {
+        ("mpirun", "-H", "a:2,b", "--hostfile", str(hostfile)): ["a", "b", "n1", "n2"],
+        ("mpiexec.mpich", "-hosts", "c,d", "-f", str(hostfile)): ["c", "d", "n1", "n2"],
+        ("srun", "-N", "2", "--nodelist=e,f"): ["e", "f"],
+    }
+    for argv, hosts in cases.items():
+        line = launcher.split([*argv, "app.sif", "x"])
+        assert launcher.named_hosts(line, files) == hosts
+
+
+def test_image_visibility_rule():
+    assert launcher.image_visibility("/tmp/a.sif", "tmpfs", []) is None
+    assert launcher.image_visibility("/scratch/a.sif", "lustre", ["n2"]) is None
+    problem, fix = launcher.image_visibility("/tmp/a.sif", "ext4", ["n2", "n3"])
+    assert problem == ("the image /tmp/a.sif is on a node-local filesystem (ext4) but the job "
+                       "runs on n2, n3")
+
+
+def test_node_local_image_with_remote_hosts_is_refused(unprivileged: Unprivileged):
+    r = unprivileged.run(*OPENMPI, "-H", "localhost,192.0.2.7", "-np", "2",
+                         str(unprivileged.busybox_sif), "true", timeout=60)
+    assert r.returncode == 255 and r.stderr.count("\n") == 1
+    assert "node-local filesystem" in r.stderr and "192.0.2.7" in r.stderr

@@ -30,6 +30,7 @@ def run(args) -> int:
     line = mpi_launcher.split([args.image, *args.rest])
     launcher_path = _which(line.launcher)
     image = _image(line)
+    _check_visibility(line, image.path)
     _preflight(args, line, image)
     _raise_open_files_limit()
     argv = mpi_launcher.rewrite(line, _hpcrun_path(), list(args.flag_tokens),
@@ -56,6 +57,65 @@ def _image(line):
         return locate(line.image)
     except HpcbindError as err:
         raise HpcbindError(err.what, mpi_launcher.not_an_image_hint(line)) from None
+
+
+def _check_visibility(line, image_path: str) -> None:
+    with open("/proc/self/mountinfo") as f:
+        fstype = mpi_launcher.filesystem_type(image_path, f.read())
+    hosts = mpi_launcher.named_hosts(line, _read_text)
+    if line.family == mpi_launcher.SLURM:
+        hosts += _slurm_nodes(line)
+    problem = mpi_launcher.image_visibility(image_path, fstype,
+                                            [h for h in hosts if not _is_this_host(h)])
+    if problem:
+        raise HpcbindError(*problem)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _slurm_nodes(line) -> list[str]:
+    """The addresses of the nodes srun will use: -w/--nodelist, else the allocation's."""
+    import subprocess
+
+    names = mpi_launcher.named_hosts(line, _read_text) or \
+        ([os.environ["SLURM_JOB_NODELIST"]] if "SLURM_JOB_NODELIST" in os.environ else [])
+    if not names:
+        return []
+    expanded = subprocess.run(["scontrol", "show", "hostnames", ",".join(names)],
+                              capture_output=True, text=True).stdout.split()
+    addresses = []
+    for node in expanded:
+        info = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True,
+                              text=True).stdout
+        fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
+        addresses.append(fields.get("NodeAddr", node))
+    return addresses
+
+
+def _is_this_host(name: str) -> bool:
+    """Whether ``name`` (a host name or address) is this machine: an address we can bind."""
+    import socket
+
+    if name in ("localhost", socket.gethostname(), socket.gethostname().split(".")[0]):
+        return True
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET)
+    except OSError:
+        return False
+    for *_, sockaddr in infos:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _preflight(args, line, image) -> None:

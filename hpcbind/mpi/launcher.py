@@ -153,3 +153,59 @@ def family_check(family: str, image_mpi: tuple) -> tuple[str, str] | None:
     fix_launcher = " or ".join(other[f] for f in sorted(families) if f in other) or "srun"
     return (f"the image's MPI is {found}, which {family} launchers cannot start",
             f"launch it with {fix_launcher}, or use an image built with the host's MPI")
+
+
+# Filesystems every node of a cluster sees alike. Anything else (ext4, xfs, tmpfs, overlay)
+# is taken as node-local.
+SHARED_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse.ceph", "cephfs",
+    "glusterfs", "fuse.glusterfs", "panfs", "wekafs", "fuse.cvmfs2", "cvmfs", "virtiofs", "9p",
+    "fuse.sshfs", "pvfs2", "orangefs", "quobyte", "fuse.quobyte", "vast", "fuse.dvs", "dvs",
+})
+_HOST_OPTIONS = {
+    OPENMPI: ({"-H", "-host", "--host"}, {"-hostfile", "--hostfile", "-machinefile",
+                                         "--machinefile", "--default-hostfile"}),
+    MPICH: ({"-hosts", "-host"}, {"-f", "-hostfile", "-machinefile"}),
+    SLURM: ({"-w", "--nodelist"}, set()),
+}
+
+
+def filesystem_type(path: str, mountinfo: str) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point that prefixes it)."""
+    best, best_type = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        fstype = line.split(" - ", 1)[1].split()[0]
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fstype
+    return best_type
+
+
+def named_hosts(line: LauncherLine, read_file) -> list[str]:
+    """Hosts the launcher line names: host lists and host files (Slurm node names as given)."""
+    lists, files = _HOST_OPTIONS[line.family]
+    hosts: list[str] = []
+    options = line.options
+    for i, arg in enumerate(options):
+        name, eq, inline = arg.partition("=")
+        value = inline if eq else (options[i + 1] if i + 1 < len(options) else "")
+        if name in lists:
+            hosts += [h.split(":")[0] for h in value.split(",") if h]
+        elif name in files:
+            text = read_file(value) or ""
+            hosts += [ln.split()[0].split(":")[0] for ln in text.splitlines()
+                      if ln.strip() and not ln.lstrip().startswith("#")]
+    return hosts
+
+
+def image_visibility(image_path: str, fstype: str, remote: list[str]) -> tuple[str, str] | None:
+    """(problem, fix) when ranks on ``remote`` hosts cannot see the image, else None."""
+    if not remote or fstype in SHARED_FILESYSTEMS:
+        return None
+    return (f"the image {image_path} is on a node-local filesystem ({fstype}) but the job runs "
+            f"on {', '.join(sorted(set(remote))[:4])}",
+            "put the image (and hpcrun) on a filesystem every node mounts (NFS, Lustre, GPFS...)")
