@@ -131,7 +131,8 @@ def _container_first(part: PlanPart, libs: list[Mount], image: ImageFacts, keep_
         else:
             left_out.append(soname)
             part.rejected.append(Rejected(mount.source, mount.provider,
-                                          f"container-first: the image ships {soname} at {shipped}"))
+                                          f"container-first: the image ships {soname} at {shipped}",
+                                          withdraws=True))
     if shadowing:
         part.checks.append(Check(
             "container-first", Status.WARN,

@@ -123,6 +123,9 @@ class Rejected:
     candidate: str
     provider: str
     reason: str
+    # True when a later stage (preflight) takes back a mount a provider proposed: the merge
+    # drops that provider's mount of ``candidate`` and the links to it
+    withdraws: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,11 @@ class BindPlan:
         whole = PlanPart()
         for part in parts:
             whole.extend(part)
+        withdrawn = {(r.provider, r.candidate) for r in whole.rejected if r.withdraws}
+        dropped = {m.destination for m in whole.mounts if (m.provider, m.source) in withdrawn}
+        whole.mounts = [m for m in whole.mounts if m.destination not in dropped]
+        whole.links = [ln for ln in whole.links
+                       if _link_target(ln) not in dropped and ln.path not in dropped]
         mounts, dup_mounts = _unique(sorted(whole.mounts, key=_mount_key), lambda m: m.destination)
         devices, dup_devices = _unique(sorted(whole.devices, key=_device_key), lambda d: d.path)
         rejected = whole.rejected + [
@@ -187,8 +195,11 @@ class BindPlan:
             request=tuple(sorted(set(request))),
             mounts=tuple(mounts),
             devices=tuple(devices),
-            # env order matters for prepend/append: providers in name order, each in its own order
-            env=tuple(sorted(whole.env, key=lambda e: e.provider)),
+            # env order matters for prepend/append: providers in name order, each in its own
+            # order; the same operation from two providers (LD_LIBRARY_PATH += the private lib
+            # dir) is kept once, from the first
+            env=tuple(_first_of_each(sorted(whole.env, key=lambda e: e.provider),
+                                     lambda e: (e.name, e.action, e.value))),
             links=tuple(sorted(set(whole.links), key=lambda ln: (ln.path, ln.provider))),
             checks=tuple(sorted(set(whole.checks), key=lambda c: (c.provider, c.name, c.message))),
             rejected=tuple(sorted(set(rejected), key=lambda r: (r.provider, r.candidate, r.reason))),
@@ -243,12 +254,23 @@ class BindPlan:
         return tuple(c for c in self.checks if c.status is Status.FAIL)
 
 
+def _link_target(link: Link) -> str:
+    """The container path a link points at (targets may be relative to the link's directory)."""
+    import posixpath
+
+    return posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
+
+
 def _mount_key(m: Mount) -> tuple[str, str, str]:
     return (m.destination, m.provider, m.source)
 
 
 def _device_key(d: Device) -> tuple[str, str]:
     return (d.path, d.provider)
+
+
+def _first_of_each(items: list, key) -> list:
+    return _unique(items, key)[0]
 
 
 def _unique(items: list, key) -> tuple[list, list]:
