@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SIF_CORPUS
+from conftest import BUSYBOX_SIF, SIF_CORPUS
 from hpcbind.errors import HpcbindError
 from hpcbind.hostroot import HostRoot
 from hpcbind.image.contents import ImageFacts, image_facts, image_facts_from_squashfs, library_dirs
@@ -223,3 +223,20 @@ def test_rocm_side_by_side_without_the_link(tmp_path: Path) -> None:
     subprocess.run(["mksquashfs", str(tree), str(squashfs), "-noappend", "-no-progress", "-quiet"],
                    check=True, capture_output=True)
     assert image_facts_from_squashfs(squashfs).rocm_version == "6.10.0-3"
+
+
+def test_cached_facts_equal_fresh_ones_and_follow_the_file(tmp_path: Path) -> None:
+    from hpcbind.image.contents import cached_image_facts, facts_from_dict, facts_to_dict
+
+    image = tmp_path / "busybox.sif"
+    image.write_bytes(BUSYBOX_SIF.read_bytes())
+    fresh = image_facts_from_squashfs(image, 45056)
+    assert facts_from_dict(json.loads(json.dumps(facts_to_dict(fresh)))) == fresh
+    cache = tmp_path / "cache"
+    assert cached_image_facts(image, 45056, cache) == fresh
+    entries = list((cache / "hpcbind" / "facts").iterdir())
+    assert len(entries) == 1
+    entries[0].write_text(json.dumps({**facts_to_dict(fresh), "cuda_version": "from-cache"}))
+    assert cached_image_facts(image, 45056, cache).cuda_version == "from-cache"
+    image.write_bytes(BUSYBOX_SIF.read_bytes() + b"\0")  # a new file: a new key, read afresh
+    assert cached_image_facts(image, 45056, cache).cuda_version == ""

@@ -122,9 +122,12 @@ def _preflight(args, line, image) -> None:
     """The plan for the image (GPU/fabric if asked, and the image's MPI) and the MPI family."""
     from pathlib import Path
 
-    from hpcbind.discover import Request, make_plan, read_image_facts
+    from hpcbind.discover import Request, make_plan
+    from hpcbind.image import contents
+    from hpcbind.hostroot import HostRoot
 
-    facts = read_image_facts(Path(image.path))
+    facts = (contents.image_facts(HostRoot(Path(image.path))) if not image.is_squashfs
+             else contents.cached_image_facts(Path(image.path), image.offset))
     if args.nv or args.rocm or args.ib or args.device:
         plan = make_plan(Request(nv=args.nv, rocm=args.rocm, ib=args.ib,
                                  devices=tuple(args.device)), image=Path(image.path))

@@ -116,6 +116,56 @@ def library_dirs(root: HostRoot) -> tuple[str, ...]:
     return tuple(dict.fromkeys(posixpath.normpath(d) for d in dirs))
 
 
+def cached_image_facts(path: Path, offset: int = 0, cache_dir: Path | None = None) -> ImageFacts:
+    """``image_facts_from_squashfs``, remembered per image file.
+
+    Reading an image's facts runs unsquashfs (a second or more for a large image) and every
+    ``hpcrun mpirun`` needs them before the first rank starts. They depend on the file's
+    content only, so they are kept under the user's cache keyed by the file's identity
+    (device, inode, size, modification time) and the partition offset; a rebuilt image gets
+    a new key.
+    """
+    st = path.stat()
+    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{offset:x}"
+    base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    entry = base / "hpcbind" / "facts" / f"{key}.json"
+    try:
+        return facts_from_dict(json.loads(entry.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    facts = image_facts_from_squashfs(path, offset)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(facts_to_dict(facts)))
+        partial.rename(entry)
+    except OSError:
+        pass  # a read-only home only costs the next launch the same read
+    return facts
+
+
+def facts_to_dict(facts: ImageFacts) -> dict:
+    from dataclasses import asdict
+
+    return asdict(facts)
+
+
+def facts_from_dict(data: dict) -> ImageFacts:
+    from hpcbind.mpi.abi import Family
+
+    def version(value):
+        return tuple(value) if value is not None else None
+
+    return ImageFacts(
+        machine=data["machine"], elf_class=data["elf_class"], glibc=version(data["glibc"]),
+        glibcxx=version(data["glibcxx"]), libraries=dict(data["libraries"]),
+        mpi=tuple(MpiLib(**{**m, "family": Family(m["family"]), "abi": tuple(m["abi"])})
+                  for m in data["mpi"]),
+        pmix=PmixLib(**{**data["pmix"], "abi": tuple(data["pmix"]["abi"])}) if data["pmix"] else None,
+        ibverbs_defs=tuple(data["ibverbs_defs"]), rocm_version=data["rocm_version"],
+        cuda_version=data["cuda_version"])
+
+
 def image_facts_from_squashfs(path: Path, offset: int = 0) -> ImageFacts:
     """The facts of the squashfs image ``path`` (a SIF's partition when ``offset`` > 0)."""
     listing = _list(path, offset)
