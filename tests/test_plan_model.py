@@ -105,10 +105,11 @@ def test_merge_orders_entries_by_destination_and_provider():
     assert [d.path for d in plan.devices][:3] == ["/dev/infiniband/rdma_cm", "/dev/infiniband/uverbs0",
                                                   "/dev/infiniband/uverbs1"]
     assert [d.path for d in plan.devices][-2:] == ["/dev/nvidia7", "/dev/nvidiactl"]
-    # env keeps each provider's own order (an append after a set must stay after it)
+    # env keeps each provider's own order (an append after a set must stay after it); the
+    # identical LD_LIBRARY_PATH append of gpu.nvidia is the fabric's, kept once
     assert [(e.provider, e.name) for e in plan.env] == [
         ("fabric.verbs", "LD_LIBRARY_PATH"), ("fabric.verbs", "UCX_NET_DEVICES"),
-        ("gpu.nvidia", "LD_LIBRARY_PATH"), ("gpu.nvidia", "NVIDIA_VISIBLE_DEVICES"),
+        ("gpu.nvidia", "NVIDIA_VISIBLE_DEVICES"),
         ("mpi.pmi2", "PMI_FD"), ("mpi.pmix", "PMIX_MCA_psec")]
     assert plan.request == ("ib", "nv")
     assert len(plan.facts) == 1 + 8 + 8 + 1
@@ -164,10 +165,19 @@ def test_load_plan_reads_a_saved_plan(tmp_path: Path):
     assert load_plan(saved) == plan
 
 
+def sealed(doc: dict) -> dict:
+    """``doc`` with the digest of its canonical form, as a later or foreign hpcrun would write it."""
+    body = {k: v for k, v in doc.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return {**body, "digest": "sha256:" + hashlib.sha256(canonical).hexdigest()}
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda doc: {**doc, "devices": doc["devices"][1:]}, "does not match its digest"),
-    (lambda doc: {**doc, "schema": 2}, "plan schema 2 is not 1"),
-    (lambda doc: {**doc, "mounts": [{"source": "/x"}]}, "is not a bind plan"),
+    (lambda doc: {**doc, "digest": doc["digest"].upper()}, "does not match its digest"),
+    (lambda doc: sealed({**doc, "schema": 2}), "plan schema 2 is not 1"),
+    (lambda doc: sealed({**doc, "mounts": [{"source": "/x"}]}), "is not a bind plan"),
+    (lambda doc: sealed({**doc, "devices": [{**doc["devices"][0], "colour": "red"}]}), "is not a bind plan"),
     (lambda doc: [doc], "is not a JSON object"),
 ])
 def test_load_plan_refuses_an_edited_or_foreign_plan(tmp_path: Path, edit, message):
@@ -175,6 +185,11 @@ def test_load_plan_refuses_an_edited_or_foreign_plan(tmp_path: Path, edit, messa
     saved.write_text(json.dumps(edit(json.loads(merged([0, 1, 2]).to_json()))))
     with pytest.raises(HpcbindError, match=message):
         load_plan(saved)
+
+
+def test_the_digest_of_a_saved_plan_is_of_its_canonical_form():
+    document = json.loads(merged([0, 1, 2]).to_json())
+    assert sealed(document) == document
 
 
 def test_load_plan_of_a_missing_or_broken_file(tmp_path: Path):

@@ -8,17 +8,21 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcbind.errors import HpcbindError
-from hpcbind.hostroot import HostRoot
+
+if TYPE_CHECKING:
+    from hpcbind.plan import BindPlan
 
 EXIT_CHECK_FAILED = 1
 
 EPILOG = """\
 exit status: 0 when the plan was made (even when nothing was found), 1 when a check failed,
 255 for a usage error (a missing image, sysroot or plan file).
---capture writes the host files the plan was read from; 'tar xzf' it and pass the directory
-to --sysroot to get the same plan (same digest) on any machine.
+--capture writes the host files the plan was read from; pass that archive to --sysroot to
+get the same plan (same digest) on any machine. --sysroot also takes a directory: a capture
+unpacked with 'tar xzf' (less its sockets, which tar cannot hold), or an hwloc-gather-topology tree.
 """
 
 
@@ -31,8 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--ib", action="store_true", help="InfiniBand/RoCE/Slingshot/Omni-Path devices and verbs providers")
     add("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
         help="a CDI device from /etc/cdi or /var/run/cdi, e.g. nvidia.com/gpu=0 or =all (repeatable)")
-    add("--sysroot", metavar="DIR", type=Path,
-        help="read the host from this directory (a capture) instead of /")
+    add("--sysroot", metavar="DIR|ARCHIVE", type=Path,
+        help="read the host from this directory or --capture archive instead of /")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="the plan as JSON, with its digest")
     out.add_argument("--cdi", action="store_true", help="the plan as a CDI spec (JSON)")
@@ -45,15 +49,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="check the plan against this image (SIF, squashfs or sandbox directory)")
 
 
-def _host(sysroot: Path | None) -> HostRoot:
-    if sysroot is None:
-        return HostRoot()
-    if not sysroot.is_dir():
-        raise HpcbindError(f"--sysroot {sysroot} is not a directory",
-                           "extract a capture first: tar xzf host.tar.gz -C DIR")
-    return HostRoot(sysroot.resolve())
-
-
 def _diff(a: Path, b: Path) -> int:
     from hpcbind.discover import load_plan
     from hpcbind.planview import diff
@@ -63,7 +58,7 @@ def _diff(a: Path, b: Path) -> int:
     return 0
 
 
-def _render(args: argparse.Namespace, plan) -> str:
+def _render(args: argparse.Namespace, plan: BindPlan) -> str:
     from hpcbind import planview
 
     if args.json:
@@ -74,26 +69,24 @@ def _render(args: argparse.Namespace, plan) -> str:
         return json.dumps(to_cdi(plan), indent=2) + "\n"
     if args.explain:
         return planview.explain(plan)
-    tty = sys.stdout.isatty()
-    return planview.render_table(plan, color=tty and "NO_COLOR" not in os.environ,
-                                 width=shutil.get_terminal_size().columns if tty else 200)
+    if not sys.stdout.isatty():
+        return planview.render_table(plan)
+    return planview.render_table(plan, color="NO_COLOR" not in os.environ,
+                                 width=shutil.get_terminal_size().columns)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.diff:
         return _diff(*args.diff)
-    from hpcbind.discover import Request, make_plan
-
     if args.image is not None and not args.image.exists():
         raise HpcbindError(f"image {args.image} does not exist",
                            "give a SIF file, a squashfs file or a sandbox directory")
-    request = Request(nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device))
-    host = _host(args.sysroot)
-    if args.capture:
-        from hpcbind.capture import capture
+    from hpcbind.capture import capture, sysroot
+    from hpcbind.discover import Request, make_plan
 
-        plan = capture(request, host, os.environ, args.image, out=args.capture)
-    else:
-        plan = make_plan(request, host, os.environ, args.image)
+    request = Request(nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device))
+    with sysroot(args.sysroot) as host:
+        plan = (capture(request, host, os.environ, args.image, out=args.capture) if args.capture
+                else make_plan(request, host, os.environ, args.image))
     sys.stdout.write(_render(args, plan))
     return EXIT_CHECK_FAILED if plan.failed else 0
