@@ -4,11 +4,14 @@ known sonames and symbol versions, and the host's own glibc, libstdc++ and libib
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from elftools.elf.elffile import ELFFile
 from hypothesis import strategies as st
 
 from hosts_gpu import SharedLib, compile_lib
@@ -139,6 +142,24 @@ def test_corrupted_library_never_raises(fixture_lib: Path, tmp_path: Path, edits
     path.write_bytes(bytes(data))
     info = elf_info(path)
     assert info is None or isinstance(info, ElfInfo)
+
+
+def test_self_referencing_version_records_end_quickly(fixture_lib: Path, tmp_path: Path) -> None:
+    # .gnu.version_r claims 2**31 entries and its first entry's vn_next is 0 (points at itself):
+    # pyelftools would walk that one record two billion times
+    data = bytearray(fixture_lib.read_bytes())
+    with fixture_lib.open("rb") as stream:
+        elf = ELFFile(stream)
+        index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".gnu.version_r")
+        header_at = elf["e_shoff"] + index * elf["e_shentsize"]
+        section_at = elf.get_section(index)["sh_offset"]
+    struct.pack_into("<I", data, header_at + 44, 2**31)  # Elf64_Shdr.sh_info
+    struct.pack_into("<I", data, section_at + 12, 0)  # Elf64_Verneed.vn_next
+    path = tmp_path / "loop.so"
+    path.write_bytes(bytes(data))
+    started = time.monotonic()
+    assert elf_info(path) is None
+    assert time.monotonic() - started < 1
 
 
 @pytest.mark.parametrize(("versions", "prefix", "expected"), [

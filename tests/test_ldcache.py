@@ -195,13 +195,16 @@ def test_ldconfig_reads_the_hand_built_old_cache(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["new", "old", "compat"])
 def test_every_truncation_is_an_error_naming_the_file(root: Path, tmp_path: Path, fmt: str) -> None:
     data = (root / f"etc/ld.so.cache.{fmt}").read_bytes()
-    cut = tmp_path / "etc/ld.so.cache"
-    cut.parent.mkdir(exist_ok=True)
     for size in range(1, len(data)):
-        cut.write_bytes(data[:size])
         with pytest.raises(HpcbindError) as err:
-            read_ldcache(HostRoot(tmp_path))
-        assert str(cut) in str(err.value) and "ldconfig" in str(err.value)
+            parse_ldcache(data[:size], "/etc/ld.so.cache")
+        assert "/etc/ld.so.cache is not a readable ld.so.cache" in str(err.value)
+    cut = tmp_path / "etc/ld.so.cache"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(HpcbindError, match="rebuild it with 'ldconfig' as root") as err:
+        read_ldcache(HostRoot(tmp_path))
+    assert str(err.value).startswith(f"{cut} is not a readable ld.so.cache")
 
 
 @pytest.mark.parametrize("data", [b"not a cache at all", b"glibc-ld.so.cache1.0" + b"\0" * 60,
