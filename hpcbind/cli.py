@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("hpcbind.commands.plan", "show what --nv/--rocm/--ib would bind, and why"),
     "build": ("hpcbind.commands.build", "build a SIF image from a definition file, sandbox or squashfs"),
     "sif": ("hpcbind.commands.sif", "read and edit SIF files (header, list, info, dump, new, add, del, setprim)"),
+    "sign": ("hpcbind.commands.sign", "sign a SIF image (PGP or DSSE)"),
+    "verify": ("hpcbind.commands.verify", "verify a SIF image's signatures"),
     "config": ("hpcbind.commands.config", "show the effective site configuration"),
 }
 

@@ -39,6 +39,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("image.extract_fallback", True, "unpack the image into the user's cache when it "
             "cannot be mounted"),
     Setting("session.size_mb", 64, "size of the private writable layer over the image (tmpfs)"),
+    Setting("trust.allowed_signers", [], "run only SIF images each of whose object groups is "
+            "signed by one of these: PGP fingerprints or DSSE key IDs (SHA256:...)"),
+    Setting("trust.denied_signers", [], "never run an image naming one of these signers"),
+    Setting("trust.keyrings", [], "key files to verify signatures with (OpenPGP keyrings, PEM "
+            "public keys)"),
     Setting("defaults.cleanenv", False, "act as if --cleanenv were always given"),
     Setting("defaults.contain", False, "act as if --contain were always given"),
 )
@@ -104,7 +109,8 @@ def _validate(setting: Setting, value, path: str) -> None:
     if setting.choices and value not in setting.choices:
         raise HpcbindError(f"setting {setting.key} in {path} must be one of "
                            f"{', '.join(setting.choices)}, got {value!r}", "fix the file")
-    if expected is list and not all(isinstance(v, str) and v.startswith("/") for v in value):
+    if (expected is list and setting.key.startswith(("bind.", "trust.keyrings"))
+            and not all(isinstance(v, str) and v.startswith("/") for v in value)):
         raise HpcbindError(f"setting {setting.key} in {path} must list absolute paths",
                            "fix the file")
 

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,9 +102,9 @@ CREATE_CASES: dict[str, Case] = {
     "OneDescriptor": (det(FACE), None),
     "TwoDescriptors": (det(FACE, squash_primsys(b"\xfe\xed")), None),
     "TwoDescriptorsNotAligned": (
-        det(replace(FACE, alignment=0), squash_primsys(b"\xfe\xed", alignment=0)), None),
+        det(FACE._replace(alignment=0), squash_primsys(b"\xfe\xed", alignment=0)), None),
     "TwoDescriptorsAligned": (
-        det(replace(FACE, alignment=4), squash_primsys(b"\xfe\xed", alignment=4)), None),
+        det(FACE._replace(alignment=4), squash_primsys(b"\xfe\xed", alignment=4)), None),
 }
 
 ADD_CASES: dict[str, Case] = {
@@ -115,8 +114,8 @@ ADD_CASES: dict[str, Case] = {
     "Deterministic": (fixed(), lambda p: add_object(p, FACE, at=GO_ZERO_TIME)),
     "WithTime": (det(), lambda p: add_object(p, FACE, at=T2000)),
     "Empty": (det(), lambda p: add_object(p, FACE)),
-    "EmptyNotAligned": (det(), lambda p: add_object(p, replace(FACE, alignment=0))),
-    "EmptyAligned": (det(), lambda p: add_object(p, replace(FACE, alignment=128))),
+    "EmptyNotAligned": (det(), lambda p: add_object(p, FACE._replace(alignment=0))),
+    "EmptyAligned": (det(), lambda p: add_object(p, FACE._replace(alignment=128))),
     "NotEmpty": (det(FACE), lambda p: add_object(p, squash_primsys(b"\xfe\xed"))),
     "NotEmptyNotAligned": (det(FACE), lambda p: add_object(p, squash_primsys(b"\xfe\xed", alignment=0))),
     "NotEmptyAligned": (det(FACE), lambda p: add_object(p, squash_primsys(b"\xfe\xed", alignment=128))),
@@ -358,19 +357,19 @@ BASE_HEADER = Header(
     data_size=0,
 )
 HEADER_CASES: dict[str, Callable[[Header], Header]] = {
-    "LaunchScript": lambda h: replace(h, launch_script=go_copy(h.launch_script, b"#!/usr/bin/env rm\n")),
-    "Magic": lambda h: replace(h, magic=go_copy(h.magic, b"BAD_MAGIC")),
-    "Version": lambda h: replace(h, version=go_copy(h.version, b"02")),
-    "Arch": lambda h: replace(h, arch=b"11\0"),
-    "ID": lambda h: replace(h, id=uuid.UUID(bytes=bytes([h.id.bytes[0] + 1]) + h.id.bytes[1:])),
-    "CreatedAt": lambda h: replace(h, created_at=h.created_at + 1),
-    "ModifiedAt": lambda h: replace(h, modified_at=h.modified_at + 1),
-    "DescriptorsFree": lambda h: replace(h, descriptors_free=1),
-    "DescriptorsTotal": lambda h: replace(h, descriptors_total=1),
-    "DescriptorsOffset": lambda h: replace(h, descriptors_offset=1),
-    "DescriptorsSize": lambda h: replace(h, descriptors_size=1),
-    "DataOffset": lambda h: replace(h, data_offset=1),
-    "DataSize": lambda h: replace(h, data_size=1),
+    "LaunchScript": lambda h: h._replace(launch_script=go_copy(h.launch_script, b"#!/usr/bin/env rm\n")),
+    "Magic": lambda h: h._replace(magic=go_copy(h.magic, b"BAD_MAGIC")),
+    "Version": lambda h: h._replace(version=go_copy(h.version, b"02")),
+    "Arch": lambda h: h._replace(arch=b"11\0"),
+    "ID": lambda h: h._replace(id=uuid.UUID(bytes=bytes([h.id.bytes[0] + 1]) + h.id.bytes[1:])),
+    "CreatedAt": lambda h: h._replace(created_at=h.created_at + 1),
+    "ModifiedAt": lambda h: h._replace(modified_at=h.modified_at + 1),
+    "DescriptorsFree": lambda h: h._replace(descriptors_free=1),
+    "DescriptorsTotal": lambda h: h._replace(descriptors_total=1),
+    "DescriptorsOffset": lambda h: h._replace(descriptors_offset=1),
+    "DescriptorsSize": lambda h: h._replace(descriptors_size=1),
+    "DataOffset": lambda h: h._replace(data_offset=1),
+    "DataSize": lambda h: h._replace(data_size=1),
 }
 
 
@@ -391,21 +390,21 @@ BASE_DESCRIPTOR = Descriptor(
     uid=0, gid=0, name=b"GOOD_NAME".ljust(128, b"\0"), extra=b"GOOD_EXTRA".ljust(384, b"\0"),
 )
 DESCRIPTOR_CASES: dict[str, tuple[Callable[[Descriptor], Descriptor], int]] = {
-    "DataType": (lambda d: replace(d, data_type=DataType.ENVVAR), 0),
-    "Used": (lambda d: replace(d, used=False), 0),
-    "ID": (lambda d: replace(d, id=2), 0),
+    "DataType": (lambda d: d._replace(data_type=DataType.ENVVAR), 0),
+    "Used": (lambda d: d._replace(used=False), 0),
+    "ID": (lambda d: d._replace(id=2), 0),
     "RelativeID": (lambda d: d, 1),
-    "GroupID": (lambda d: replace(d, raw_group_id=d.raw_group_id + 1), 0),
-    "LinkedID": (lambda d: replace(d, raw_linked_id=1), 0),
-    "Offset": (lambda d: replace(d, offset=1), 0),
-    "Size": (lambda d: replace(d, size=1), 0),
-    "SizeWithPadding": (lambda d: replace(d, size_with_padding=1), 0),
-    "CreatedAt": (lambda d: replace(d, created_at=d.created_at + 1), 0),
-    "ModifiedAt": (lambda d: replace(d, modified_at=d.modified_at + 1), 0),
-    "UID": (lambda d: replace(d, uid=1), 0),
-    "GID": (lambda d: replace(d, gid=1), 0),
-    "Name": (lambda d: replace(d, name=go_copy(d.name, b"BAD_NAME")), 0),
-    "Extra": (lambda d: replace(d, extra=go_copy(d.extra, b"BAD_EXTRA")), 0),
+    "GroupID": (lambda d: d._replace(raw_group_id=d.raw_group_id + 1), 0),
+    "LinkedID": (lambda d: d._replace(raw_linked_id=1), 0),
+    "Offset": (lambda d: d._replace(offset=1), 0),
+    "Size": (lambda d: d._replace(size=1), 0),
+    "SizeWithPadding": (lambda d: d._replace(size_with_padding=1), 0),
+    "CreatedAt": (lambda d: d._replace(created_at=d.created_at + 1), 0),
+    "ModifiedAt": (lambda d: d._replace(modified_at=d.modified_at + 1), 0),
+    "UID": (lambda d: d._replace(uid=1), 0),
+    "GID": (lambda d: d._replace(gid=1), 0),
+    "Name": (lambda d: d._replace(name=go_copy(d.name, b"BAD_NAME")), 0),
+    "Extra": (lambda d: d._replace(extra=go_copy(d.extra, b"BAD_EXTRA")), 0),
 }
 
 
@@ -418,7 +417,7 @@ def test_descriptor_integrity_bytes(name: str) -> None:
 
 @pytest.mark.parametrize("relative_id", [0, 1])
 def test_descriptor_integrity_sources(relative_id: int) -> None:
-    bare = replace(BASE_DESCRIPTOR, created_at=0, modified_at=0, name=bytes(128), extra=bytes(384))
+    bare = BASE_DESCRIPTOR._replace(created_at=0, modified_at=0, name=bytes(128), extra=bytes(384))
     source = CORPUS / f"sylabs-sif/golden/integrity/sources/descr-rid{relative_id}.bin"
     assert descriptor_integrity_bytes(bare, relative_id) == source.read_bytes()
 

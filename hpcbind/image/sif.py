@@ -9,8 +9,11 @@ writers use 32768 and page-aligned objects.
 
 ``SifImage.open`` is on the per-rank hot path (``hpcrun exec`` finds the squashfs to mount), so
 it reads the header and the descriptor table with two ``pread`` calls, and this module imports
-only ``os``, ``struct``, ``uuid``, ``enum`` and ``dataclasses`` at load time; the writer's
-helpers (``hashlib``, ``tempfile``, ``time``) are imported where they are used.
+only ``os``, ``struct``, ``collections`` and ``enum`` at load time. The records are namedtuples,
+not dataclasses (which pull in ``inspect`` and ``ast``, ~7 ms a rank). ``uuid`` (which pulls in
+``platform`` and ``re``) and ``pathlib`` load only when an image's header ID or ``Path`` is
+first asked for, which the per-rank path never does; the writer's helpers (``hashlib``,
+``tempfile``, ``time``) are imported where they are used.
 
 Every check a hostile file can fail raises ``HpcbindError`` naming the file and the problem,
 and nothing is allocated from a count before the count is bounded by the file's size.
@@ -20,14 +23,14 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
-from dataclasses import dataclass, replace
+from collections import namedtuple
 from enum import IntEnum
 
 from hpcbind.errors import HpcbindError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hot path
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
@@ -214,11 +217,11 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
-@dataclass(frozen=True, slots=True)
-class Partition:
-    fstype: FsType
-    parttype: PartType
-    arch: str  # Go name, "unknown" when the stored code is not one
+class Partition(namedtuple("Partition", "fstype parttype arch")):
+    """fstype: FsType; parttype: PartType; arch: Go name, "unknown" when the stored code is
+    not one."""
+
+    __slots__ = ()
 
     def extra(self) -> bytes:
         return _partition_extra(self.fstype, self.parttype, _arch_field(self.arch))
@@ -228,26 +231,22 @@ def _partition_extra(fstype: int, parttype: int, arch: bytes) -> bytes:
     return _PARTITION.pack(fstype, parttype, arch)
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The 128-byte global header, fields as stored (fixed-size byte fields keep their NULs)."""
+_HEADER_FIELDS = (
+    "launch_script magic version arch id created_at modified_at descriptors_free "
+    "descriptors_total descriptors_offset descriptors_size data_offset data_size"
+)
 
-    launch_script: bytes
-    magic: bytes
-    version: bytes
-    arch: bytes  # b"02\0"
-    id: uuid.UUID
-    created_at: int
-    modified_at: int
-    descriptors_free: int
-    descriptors_total: int
-    descriptors_offset: int
-    descriptors_size: int
-    data_offset: int
-    data_size: int
+
+class Header(namedtuple("Header", _HEADER_FIELDS)):
+    """The 128-byte global header, fields as stored (fixed-size byte fields keep their NULs):
+    launch_script, magic, version, arch (b"02\\0"): bytes; id: uuid.UUID; the rest ints."""
+
+    __slots__ = ()
 
     @classmethod
     def unpack(cls, raw: bytes) -> Header:
+        import uuid
+
         launch, magic, version, arch, ident, *numbers = HEADER.unpack(raw)
         return cls(launch, magic, version, arch, uuid.UUID(bytes=ident), *numbers)
 
@@ -287,24 +286,21 @@ class Header:
         return self.id.int == 0 and self.created_at == self.modified_at == GO_ZERO_TIME
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """One 585-byte descriptor, fields as stored; the properties decode them as sylabs/sif."""
+_DESCRIPTOR_FIELDS = (
+    "data_type used id raw_group_id raw_linked_id offset size size_with_padding created_at "
+    "modified_at uid gid name extra"
+)
 
-    data_type: DataType  # or the raw int for a type this library does not know
-    used: bool
-    id: int
-    raw_group_id: int
-    raw_linked_id: int
-    offset: int
-    size: int
-    size_with_padding: int
-    created_at: int
-    modified_at: int
-    uid: int  # deprecated by the format; old writers stored the builder's uid
-    gid: int
-    name: bytes
-    extra: bytes
+
+class Descriptor(namedtuple("Descriptor", _DESCRIPTOR_FIELDS)):
+    """One 585-byte descriptor, fields as stored; the properties decode them as sylabs/sif.
+
+    data_type: DataType, or the raw int for a type this library does not know; used: bool;
+    uid, gid: deprecated by the format (old writers stored the builder's); name (128 bytes)
+    and extra (384 bytes): NUL-padded bytes; the rest ints.
+    """
+
+    __slots__ = ()
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview) -> Descriptor:
@@ -546,29 +542,46 @@ def _pread_exact(fd: int, size: int, offset: int, path: PathArg) -> bytes:
 
 
 class SifImage:
-    """An open, validated SIF file. Use as a context manager, or call ``close()``."""
+    """An open, validated SIF file. Use as a context manager, or call ``close()``.
+
+    ``header`` and ``path`` are built on first use: a ``uuid.UUID`` and a ``Path`` cost
+    imports (uuid, platform, re, pathlib: ~8 ms) that the per-rank path, which needs only the
+    descriptors, should not pay.
+    """
 
     def __init__(
         self,
-        path: Path,
+        path: PathArg,
         fd: int,
         size: int,
-        header: Header,
+        raw_header: bytes,
         descriptors: tuple[Descriptor, ...],
         slots: tuple[int, ...],
     ) -> None:
-        self.path = path
         self.size = size
-        self.header = header
         self.descriptors = descriptors
         self.slots = slots  # the table slot of each descriptor
+        self._path = path
+        self._raw_header = raw_header
+        self._header: Header | None = None
         self._fd = fd
+
+    @property
+    def path(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._path)
+
+    @property
+    def header(self) -> Header:
+        if self._header is None:
+            self._header = Header.unpack(self._raw_header)
+        return self._header
 
     @classmethod
     def open(cls, path: PathArg) -> SifImage:
         """Open and validate ``path``; ``HpcbindError`` on anything that is not a sound SIF."""
         import stat
-        from pathlib import Path
 
         try:
             # O_NONBLOCK: opening a FIFO someone passed as the image must not hang.
@@ -587,10 +600,13 @@ class SifImage:
             size = info.st_size
             if size < HEADER.size:
                 raise _corrupt(path, f"{size} bytes, shorter than the {HEADER.size}-byte header")
-            header = Header.unpack(_pread_exact(fd, HEADER.size, 0, path))
-            _check_header(path, header, size)
-            table = _pread_exact(fd, header.descriptors_size, header.descriptors_offset, path)
-            descriptors, slots = _parse_table(path, table, header, size)
+            raw_header = _pread_exact(fd, HEADER.size, 0, path)
+            # Validated with the ID left as its 16 stored bytes (no check reads it), so that
+            # opening never imports uuid; ``header`` decodes it when asked.
+            stored = Header._make(HEADER.unpack(raw_header))
+            _check_header(path, stored, size)
+            table = _pread_exact(fd, stored.descriptors_size, stored.descriptors_offset, path)
+            descriptors, slots = _parse_table(path, table, stored, size)
         except OSError as err:
             os.close(fd)
             raise HpcbindError(
@@ -600,7 +616,7 @@ class SifImage:
         except BaseException:
             os.close(fd)
             raise
-        return cls(Path(path), fd, size, header, descriptors, slots)
+        return cls(path, fd, size, raw_header, descriptors, slots)
 
     def __enter__(self) -> SifImage:
         return self
@@ -648,24 +664,30 @@ class SifImage:
 # ---------------------------------------------------------------------------------- writing
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInput:
-    """A data object to add, with the options of sylabs/sif's ``NewDescriptorInput``."""
+_OBJECT_INPUT_FIELDS = (
+    "data_type data source name group linked_id linked_group alignment partition signature "
+    "crypto sbom_format extra created_at"
+)
 
-    data_type: DataType
-    data: bytes = b""
-    source: Path | None = None  # stream this file instead of ``data``
-    name: str = ""
-    group: int = 1  # 0 = no group
-    linked_id: int = 0  # object link
-    linked_group: int = 0  # group link
-    alignment: int | None = None  # None: 4096 for partitions, none otherwise
-    partition: Partition | None = None
-    signature: tuple[HashType, bytes] | None = None  # (hash, fingerprint)
-    crypto: tuple[int, int] | None = None  # (CryptoFormat, CryptoMessage)
-    sbom_format: int | None = None
-    extra: bytes | None = None  # custom metadata (OptMetadata); replaces the typed kinds
-    created_at: int | None = None  # object time; default: the image's create or edit time
+
+class ObjectInput(
+    namedtuple(
+        "ObjectInput",
+        _OBJECT_INPUT_FIELDS,
+        defaults=(b"", None, "", 1, 0, 0, None, None, None, None, None, None, None),
+    )
+):
+    """A data object to add, with the options of sylabs/sif's ``NewDescriptorInput``.
+
+    data_type: DataType; data: bytes, or source: a path to stream instead; name: str;
+    group: int, 0 = no group (default 1); linked_id: object link; linked_group: group link;
+    alignment: None = 4096 for partitions, none otherwise; partition: Partition;
+    signature: (HashType, fingerprint bytes); crypto: (CryptoFormat, CryptoMessage);
+    sbom_format: SbomFormat; extra: custom metadata bytes (OptMetadata), replacing the typed
+    kinds; created_at: object time, default the image's create or edit time.
+    """
+
+    __slots__ = ()
 
 
 # Typed metadata and the one data type each belongs to (sylabs/sif's unexpectedDataTypeError).
@@ -888,7 +910,7 @@ class _Editor:
         _write_all(self.fd, raw, self.header.descriptors_offset + slot * DESCRIPTOR.size)
 
     def write_header(self, **changes: object) -> None:
-        self.header = replace(self.header, **changes)
+        self.header = self.header._replace(**changes)
         _write_all(self.fd, self.header.pack(), 0)
 
     def add(self, obj: ObjectInput, t: int) -> int:
@@ -914,10 +936,10 @@ class _Editor:
         offset = next_aligned(unaligned, default_alignment if obj.alignment is None else obj.alignment)
         size, digest = _copy_into(self.fd, obj, offset)
         if digest is not None and obj.extra is None:
-            template = replace(template, extra=digest.encode("ascii").ljust(_EXTRA_LEN, b"\0"))
+            template = template._replace(extra=digest.encode("ascii").ljust(_EXTRA_LEN, b"\0"))
         padded = offset - unaligned + size
-        placed = replace(
-            template, used=True, id=self.new_id(slot), offset=offset, size=size, size_with_padding=padded
+        placed = template._replace(
+            used=True, id=self.new_id(slot), offset=offset, size=size, size_with_padding=padded
         )
         self.put(slot, placed)
         self.write_header(
@@ -953,6 +975,7 @@ def create(
     beside ``path`` and renamed over it, so a failure never leaves a half-written image there.
     """
     import tempfile
+    import uuid
 
     launch = launch_script.encode()
     if len(launch) >= _LAUNCH_SCRIPT_LEN:
@@ -1119,7 +1142,7 @@ def set_primary_partition(path: PathArg, id: int, *, at: int | None = None) -> N
 
 
 def _with_extra(d: Descriptor, extra: bytes, t: int) -> Descriptor:
-    return replace(d, extra=extra.ljust(_EXTRA_LEN, b"\0"), modified_at=t)
+    return d._replace(extra=extra.ljust(_EXTRA_LEN, b"\0"), modified_at=t)
 
 
 def set_metadata(path: PathArg, id: int, extra: bytes, *, at: int | None = None) -> None:
