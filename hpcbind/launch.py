@@ -15,8 +15,9 @@ from hpcbind.errors import HpcbindError
 from hpcbind.image.source import ImageKind, ImageSource, locate
 from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import ContainerSpec, DeviceBind, enter
-from hpcbind.runtime.environment import (APPEND, PREPEND, SET, UNSET, ContainerEnv, EnvEdit,
-                                         container_env, parse_env_assignments, read_env_file)
+from hpcbind.runtime.environment import (APPEND, PASS, PREPEND, SET, UNSET, ContainerEnv,
+                                         EnvEdit, container_env, own_values,
+                                         parse_env_assignments, read_env_file)
 from hpcbind.runtime.rootfs import RootfsOptions
 
 # Binds every container gets (Apptainer's defaults). Each says why it is there.
@@ -67,7 +68,8 @@ def rank_spec(options: RunOptions, config: Config, host_env: dict[str, str],
     container's edits (user settings and plan, computed once by the node's holder)."""
     image = ImageSource(os.path.realpath(options.image), ImageKind.SIF)
     base = _environment(options, config, host_env, image, shared["home"], [])
-    env = ContainerEnv(base.base, tuple(EnvEdit(*e) for e in shared["edits"]))
+    edits = tuple(EnvEdit(*e) for e in shared["edits"])
+    env = ContainerEnv(base.base, edits, own_values(edits, host_env))
     return ContainerSpec(image=image, argv=options.argv, env=env,
                          cwd=_initial_dir(options, config, shared["home"]), home=shared["home"],
                          exec_hint=options.exec_hint, verbose=options.verbose)
@@ -75,6 +77,11 @@ def rank_spec(options: RunOptions, config: Config, host_env: dict[str, str],
 
 def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]) -> ContainerSpec:
     image = locate(options.image)
+    if config["trust.allowed_signers"] or config["trust.denied_signers"]:
+        from hpcbind.image.policy import check_signers  # before anything is mounted
+
+        check_signers(image.path, config["trust.allowed_signers"],
+                      config["trust.denied_signers"], config["trust.keyrings"])
     contain = _contained(options, config)
     cwd = os.getcwd()
     home_src, home_dst = _home(options, host_env)
@@ -104,7 +111,7 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
     binds += user_binds
 
     plan_edits: list[EnvEdit] = []
-    if options.nv or options.rocm or options.ib or options.devices:
+    if options.nv or options.rocm or options.ib or options.devices or _under_launcher(host_env):
         plan_binds, plan_devices, plan_links, plan_edits = _apply_plan(options, image, host_env,
                                                                        dev_minimal)
         binds += plan_binds
@@ -128,6 +135,13 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
         exec_hint=options.exec_hint,
         verbose=options.verbose,
     )
+
+
+def _under_launcher(env: dict[str, str]) -> bool:
+    """A rank of mpirun/mpiexec/srun: the PMIx/PMI rendezvous must reach the container.
+    Read from the variables alone, so a plain ``hpcrun exec`` imports nothing for it."""
+    return any(k in env for k in ("PMIX_RANK", "PMI_FD", "PMI_RANK", "OMPI_COMM_WORLD_RANK",
+                                  "SLURM_STEP_ID"))
 
 
 def _contained(options: RunOptions, config: Config) -> bool:
@@ -214,12 +228,6 @@ def _apply_plan(options: RunOptions, image: ImageSource, host_env: dict[str, str
                if dev_minimal or d.source != d.path or not d.path.startswith("/dev/")]
     links = [(ln.path, ln.target) for ln in plan.links]
     actions = {EnvAction.SET: SET, EnvAction.PREPEND: PREPEND, EnvAction.APPEND: APPEND,
-               EnvAction.UNSET: UNSET}
-    edits = []
-    for op in plan.env:
-        if op.action is EnvAction.PASS:
-            if op.name in host_env:
-                edits.append(EnvEdit(SET, op.name, host_env[op.name]))
-        else:
-            edits.append(EnvEdit(actions[op.action], op.name, op.value))
+               EnvAction.UNSET: UNSET, EnvAction.PASS: PASS}
+    edits = [EnvEdit(actions[op.action], op.name, op.value) for op in plan.env]
     return binds, devices, links, edits

@@ -29,6 +29,7 @@ ALWAYS_PASSED = frozenset({"TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "H
 USER_PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_", "HPCRUNENV_")
 
 SET, PREPEND, APPEND, UNSET = "set", "prepend", "append", "unset"
+PASS = "pass"  # the process's own host value, even under --cleanenv (resolved per rank)
 
 
 class EnvEdit(namedtuple("EnvEdit", "action name value", defaults=("",))):
@@ -37,21 +38,34 @@ class EnvEdit(namedtuple("EnvEdit", "action name value", defaults=("",))):
     __slots__ = ()
 
 
-class ContainerEnv(namedtuple("ContainerEnv", "base edits")):
-    """base: the (name, value) pairs the image's scripts start from; edits: applied after."""
+class ContainerEnv(namedtuple("ContainerEnv", "base edits passes", defaults=((),))):
+    """base: the (name, value) pairs the image's scripts start from; edits: applied after;
+    passes: this process's own values of the names PASS edits name. PASS edits stay
+    unresolved in ``edits`` so that a node's holder can share them with ranks, each of which
+    has its own value (Hydra gives every rank its own PMI_FD)."""
 
     __slots__ = ()
+
+    def resolved(self) -> list[EnvEdit]:
+        return resolve_passes(self.edits, dict(self.passes))
 
     def final(self) -> dict[str, str]:
         """The environment when the image has no env scripts to source."""
         env = dict(self.base)
-        for edit in self.edits:
+        for edit in self.resolved():
             apply_edit(env, edit)
         return env
 
     def shell_edits(self) -> str:
         """The edits as POSIX shell, for after the image's env scripts."""
-        return "\n".join(_shell(edit) for edit in self.edits)
+        return "\n".join(_shell(edit) for edit in self.resolved())
+
+
+def resolve_passes(edits: Iterable[EnvEdit], host: Mapping[str, str]) -> list[EnvEdit]:
+    """PASS edits become SETs of this process's own value (each MPI rank has its own
+    PMI_RANK); a variable the host does not have is left alone."""
+    return [EnvEdit(SET, e.name, host[e.name]) if e.action == PASS else e
+            for e in edits if e.action != PASS or e.name in host]
 
 
 def apply_edit(env: dict[str, str], edit: EnvEdit) -> None:
@@ -145,4 +159,11 @@ def container_env(
         else:
             edits.append(EnvEdit(SET, name, value))
     edits.extend(plan_edits)
-    return ContainerEnv(base=tuple(sorted(base.items())), edits=tuple(edits))
+    return ContainerEnv(base=tuple(sorted(base.items())), edits=tuple(edits),
+                        passes=own_values(edits, host))
+
+
+def own_values(edits: Iterable[EnvEdit], host: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """This process's values of the variables PASS edits name."""
+    names = {e.name for e in edits if e.action == PASS}
+    return tuple(sorted((k, v) for k, v in host.items() if k in names))

@@ -30,11 +30,19 @@ from hpcbind.runtime import linux
 CLONE_NEWUSER = linux.CLONE_NEWUSER
 CLONE_NEWNS = linux.CLONE_NEWNS
 _IDLE_EXIT_S = 60.0  # a holder no rank ever joins goes away after this
+# When the launcher does not say how many ranks this node runs, a rank may still be on its
+# way when the first ones have finished: keep the container this long after the last exit.
+_LINGER_S = 1.0
 _MAX_MESSAGE = 1 << 20
 
 
 def socket_name(key: str) -> bytes:
-    return f"\0hpcbind/{os.getuid()}/{key}".encode()
+    """Per user, launch and *filesystem view*: the caller's mount namespace is part of the
+    name, so processes that see different files (two slurmd of one host, each with its own
+    spool and PMIx directory) never share a container, even though abstract sockets are
+    shared by everything in the network namespace."""
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    return f"\0hpcbind/{os.getuid()}/{key}/{view:x}".encode()
 
 
 def join(key: str, make_spec, make_rank_spec) -> "NoReturn":  # noqa: F821
@@ -74,22 +82,40 @@ def _try_bind(key: str) -> socket.socket | None:
     return listener
 
 
+def local_ranks(env) -> int | None:
+    """How many ranks of this launch run on this node, when the launcher says."""
+    if env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "").isdigit():
+        return int(env["OMPI_COMM_WORLD_LOCAL_SIZE"])
+    if env.get("MPI_LOCALNRANKS", "").isdigit():  # Hydra, when it exports it
+        return int(env["MPI_LOCALNRANKS"])
+    tasks, node = env.get("SLURM_STEP_TASKS_PER_NODE"), env.get("SLURM_NODEID")
+    if tasks and node and node.isdigit():  # "2(x3),1": 2 on each of 3 nodes, then 1
+        counts = []
+        for item in tasks.split(","):
+            count, _, repeat = item.partition("(x")
+            counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+        if int(node) < len(counts):
+            return counts[int(node)]
+    return None
+
+
 def _spawn_holder(listener: socket.socket, make_spec) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _holder(listener, make_spec)
+            _holder(listener, make_spec, local_ranks(os.environ))
         finally:
             os._exit(0)
     listener.close()
     # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
 
 
-def _holder(listener: socket.socket, make_spec) -> None:
+def _holder(listener: socket.socket, make_spec, expected: int | None) -> None:
     os.setsid()  # signals aimed at one rank's process group must not take the node down
-    _keep_only(listener.fileno())
     try:
+        # discovery first: it checks the launcher's descriptors (PMI_FD) as a rank has them
         spec = make_spec()
+        _keep_only(listener.fileno())
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
@@ -101,30 +127,40 @@ def _holder(listener: socket.socket, make_spec) -> None:
     except Exception as err:  # a bug: its traceback would go to /dev/null, so tell the ranks
         shared, fds = {"error": f"internal error setting up the node's container: {err!r}",
                        "fix": "report it with the command line"}, []
-    _serve(listener, json.dumps(shared).encode(), fds)
+    _keep_only(listener.fileno(), *fds)
+    _serve(listener, json.dumps(shared).encode(), fds, expected)
 
 
-def _keep_only(listener_fd: int) -> None:
-    """Let go of everything inherited from the rank: the launcher waits for EOF on the ranks'
-    output pipes, and Hydra's PMI_FD must close when the rank that owns it exits."""
+def _keep_only(*needed: int) -> None:
+    """Let go of everything else inherited from the rank: the launcher waits for EOF on the
+    ranks' output pipes, and Hydra's PMI_FD must close when the rank that owns it exits.
+    (Idempotent: called after set-up, and before it when set-up got that far.)"""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    keep = sorted({0, 1, 2, listener_fd})
+    os.close(devnull)
+    keep = sorted({0, 1, 2, *needed})
     for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
         os.closerange(low + 1, high)
 
 
-def _serve(listener: socket.socket, payload: bytes, fds: list[int]) -> None:
+def _serve(listener: socket.socket, payload: bytes, fds: list[int],
+           expected: int | None) -> None:
     uid = os.getuid()
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     ranks: dict[int, int] = {}  # pidfd -> pid
-    ever_joined = False
+    joined = 0
     while True:
-        if ever_joined and not ranks:
-            return
-        events = poller.poll(None if ever_joined else _IDLE_EXIT_S * 1000)
+        if joined and not ranks and expected is not None and joined >= expected:
+            return  # every rank of this node came and went
+        if not joined:
+            timeout = _IDLE_EXIT_S
+        elif ranks:
+            timeout = None
+        else:
+            timeout = _LINGER_S  # all gone, but more may be on their way
+        events = poller.poll(None if timeout is None else timeout * 1000)
         if not events:
             return
         for fd, _ in events:
@@ -141,7 +177,7 @@ def _serve(listener: socket.socket, payload: bytes, fds: list[int]) -> None:
                     socket.send_fds(conn, [payload], fds)
                 ranks[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                ever_joined = True
+                joined += 1
             else:  # a rank exited
                 poller.unregister(fd)
                 os.close(fd)
