@@ -196,3 +196,15 @@ def test_locate_and_inspect_the_real_busybox_sif(shared):
     assert attrs["labels"]["org.label-schema.build-arch"] == "amd64"
     code, out, _ = hpcrun_main("inspect", str(BUSYBOX_SIF))
     assert "org.label-schema.usage.singularity.deffile.from: busybox:1.33.1\n" in out
+
+
+def test_signer_policy_refuses_before_mounting(tmp_path, shared):
+    from hpcbind.launch import RunOptions, container_spec
+
+    keys = shared / "conformance/sif/sylabs-sif/keys/private.asc"
+    f = tmp_path / "site.toml"
+    f.write_text(f'[trust]\nallowed_signers = ["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]\n'
+                 f'keyrings = ["{keys}"]\n')
+    with pytest.raises(HpcbindError) as err:
+        container_spec(RunOptions(image=str(BUSYBOX_SIF), argv=("true",)), config.load(str(f)), {})
+    assert "busybox_amd64.sif" in str(err.value) and "sign" in str(err.value)
