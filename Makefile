@@ -19,7 +19,7 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 demo: deps venv example
 	$(HPCRUN) run $(EXAMPLE)
 
-test: deps venv test-user
+test: deps venv test-user example
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # apt only when something is missing: `apt-get update` alone takes ~20 s
