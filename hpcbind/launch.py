@@ -42,9 +42,9 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
 
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
-        "ib devices exec_hint verbose node_session"),
+        "ib devices exec_hint verbose node_session gpu_bind"),
         defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
-                  False, ""))):
+                  False, "", ""))):
     """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
     node_session: the key shared by the ranks of one launch (one container per node)."""
 
@@ -57,9 +57,10 @@ def run(options: RunOptions, config: Config) -> "NoReturn":  # noqa: F821
         from hpcbind.runtime import nodesession
 
         nodesession.join(options.node_session,
-                         lambda: container_spec(options, config, host_env),
+                         lambda: _spec_and_devices(options, config, host_env),
                          lambda shared: rank_spec(options, config, host_env, shared))
-    enter(container_spec(options, config, host_env))
+    spec, devices = _spec_and_devices(options, config, host_env)
+    enter(_bound_to_rank(spec, options, host_env, devices))
 
 
 def rank_spec(options: RunOptions, config: Config, host_env: dict[str, str],
@@ -70,12 +71,55 @@ def rank_spec(options: RunOptions, config: Config, host_env: dict[str, str],
     base = _environment(options, config, host_env, image, shared["home"], [])
     edits = tuple(EnvEdit(*e) for e in shared["edits"])
     env = ContainerEnv(base.base, edits, own_values(edits, host_env))
-    return ContainerSpec(image=image, argv=options.argv, env=env,
+    spec = ContainerSpec(image=image, argv=options.argv, env=env,
                          cwd=_initial_dir(options, config, shared["home"]), home=shared["home"],
                          exec_hint=options.exec_hint, verbose=options.verbose)
+    return _bound_to_rank(spec, options, host_env, shared.get("devices"))
+
+
+def _bound_to_rank(spec: ContainerSpec, options: RunOptions, host_env: dict[str, str],
+                   devices) -> ContainerSpec:
+    """``--gpu-bind``: this process's own GPU and HCA, narrowed from the node's plan."""
+    if not options.gpu_bind or options.gpu_bind == "none" or not devices:
+        return spec
+    from hpcbind.mpi import binding
+
+    where = binding.local_rank(host_env)
+    if where is None:
+        return spec  # not under a launcher: keep the plan's selection
+    gpus = [binding.Gpu(*g) for g in devices[0]]
+    hcas = [binding.Hca(*h) for h in devices[1]]
+    choice = binding.choose(binding.parse_policy(options.gpu_bind), where[0], where[1], gpus,
+                            hcas, _rank_numa())
+    if options.verbose:
+        os.write(2, f"hpcrun: gpu-bind {choice.reason}: {binding.choice_env(choice)}\n".encode())
+    edits = spec.env.edits + tuple(EnvEdit(SET, k, v) for k, v in binding.choice_env(choice))
+    return spec._replace(env=spec.env._replace(edits=edits))
+
+
+def _rank_numa() -> set[int]:
+    """The NUMA nodes of the CPUs this process may run on."""
+    from hpcbind.mpi.binding import numa_of_cpus
+
+    base = "/sys/devices/system/node"
+    cpulists = {}
+    for entry in os.listdir(base) if os.path.isdir(base) else ():
+        if entry.startswith("node") and entry[4:].isdigit():
+            with open(f"{base}/{entry}/cpulist") as f:
+                cpulists[int(entry[4:])] = f.read()
+    return numa_of_cpus(set(os.sched_getaffinity(0)), cpulists)
 
 
 def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]) -> ContainerSpec:
+    return _spec_and_devices(options, config, host_env)[0]
+
+
+def _spec_and_devices(options: RunOptions, config: Config, host_env: dict[str, str]):
+    """The container spec, and the GPUs and HCAs of its plan for ``--gpu-bind`` (or None)."""
+    if options.gpu_bind:
+        from hpcbind.mpi.binding import parse_policy
+
+        parse_policy(options.gpu_bind)  # a bad value fails before anything happens
     image = locate(options.image)
     if config["trust.allowed_signers"] or config["trust.denied_signers"]:
         from hpcbind.image.policy import check_signers  # before anything is mounted
@@ -111,9 +155,10 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
     binds += user_binds
 
     plan_edits: list[EnvEdit] = []
+    rank_devices = None
     if options.nv or options.rocm or options.ib or options.devices or _under_launcher(host_env):
-        plan_binds, plan_devices, plan_links, plan_edits = _apply_plan(options, image, host_env,
-                                                                       dev_minimal)
+        plan_binds, plan_devices, plan_links, plan_edits, rank_devices = _apply_plan(
+            options, image, host_env, dev_minimal)
         binds += plan_binds
         devices += plan_devices
         links += plan_links
@@ -134,7 +179,7 @@ def container_spec(options: RunOptions, config: Config, host_env: dict[str, str]
         new_ipc=options.containall,
         exec_hint=options.exec_hint,
         verbose=options.verbose,
-    )
+    ), rank_devices
 
 
 def _under_launcher(env: dict[str, str]) -> bool:
@@ -230,4 +275,7 @@ def _apply_plan(options: RunOptions, image: ImageSource, host_env: dict[str, str
     actions = {EnvAction.SET: SET, EnvAction.PREPEND: PREPEND, EnvAction.APPEND: APPEND,
                EnvAction.UNSET: UNSET, EnvAction.PASS: PASS}
     edits = [EnvEdit(actions[op.action], op.name, op.value) for op in plan.env]
-    return binds, devices, links, edits
+    from hpcbind.mpi.binding import plan_devices
+
+    gpus, hcas = plan_devices(plan)
+    return binds, devices, links, edits, ([list(g) for g in gpus], [list(h) for h in hcas])

@@ -249,6 +249,10 @@ class BindPlan:
         data.pop("digest", None)
         return cls.from_dict(data)
 
+    def as_part(self) -> PlanPart:
+        """The plan's entries as one part, to merge with more (``BindPlan.merge``)."""
+        return PlanPart(**{f.name: list(getattr(self, f.name)) for f in fields(PlanPart)})
+
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.status is Status.FAIL)

@@ -36,6 +36,9 @@ OPTIONS = (
            "InfiniBand/RoCE/Slingshot/Omni-Path: bind devices and verbs providers"),
     Option(("--device",), "device", "list", "VENDOR/CLASS=NAME",
            "apply a CDI device from /etc/cdi or /var/run/cdi"),
+    Option(("--gpu-bind",), "gpu_bind", "value", "closest|none|map:I,J,...",
+           "under a launcher, give each local rank its own GPU (and the HCA nearest it): "
+           "closest by NUMA locality, or a map of local rank -> GPU"),
     Option(("-v", "--verbose"), "verbose", "flag", None, "say what is mounted and why"),
     Option(("--node-session",), "node_session", "value", "KEY",
            "share one container among the processes of this node that give the same KEY "
@@ -107,4 +110,5 @@ def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
         cleanenv=args.cleanenv, env=tuple(args.env), env_files=tuple(args.env_file),
         nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
         exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
+        gpu_bind=args.gpu_bind,
     )

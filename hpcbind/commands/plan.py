@@ -35,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--ib", action="store_true", help="InfiniBand/RoCE/Slingshot/Omni-Path devices and verbs providers")
     add("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
         help="a CDI device from /etc/cdi or /var/run/cdi, e.g. nvidia.com/gpu=0 or =all (repeatable)")
+    add("--gpu-bind", metavar="closest|none|map:I,J,...",
+        help="also show which GPU and HCA each local rank would get (see hpcrun exec --help)")
+    add("--local-ranks", type=int, default=8, metavar="N",
+        help="how many ranks per node --gpu-bind shows (default 8)")
     add("--sysroot", metavar="DIR|ARCHIVE", type=Path,
         help="read the host from this directory or --capture archive instead of /")
     out = parser.add_mutually_exclusive_group()
@@ -88,5 +92,12 @@ def run(args: argparse.Namespace) -> int:
     with sysroot(args.sysroot) as host:
         plan = (capture(request, host, os.environ, args.image, out=args.capture) if args.capture
                 else make_plan(request, host, os.environ, args.image))
+    if args.gpu_bind:
+        from hpcbind.mpi.binding import preview
+
+        plan = preview(plan, args.gpu_bind, args.local_ranks)
     sys.stdout.write(_render(args, plan))
+    if args.gpu_bind and not (args.json or args.cdi):
+        sys.stdout.write(f"\nRank binding (--gpu-bind {args.gpu_bind}):\n" + "".join(
+            f"  {f.name}: {f.value}\n" for f in plan.facts if f.provider == "mpi.gpu-bind"))
     return EXIT_CHECK_FAILED if plan.failed else 0

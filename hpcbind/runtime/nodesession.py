@@ -48,7 +48,8 @@ def socket_name(key: str) -> bytes:
 def join(key: str, make_spec, make_rank_spec) -> "NoReturn":  # noqa: F821
     """Join (creating if first) the node's container for ``key`` and exec the program.
 
-    ``make_spec()`` computes the whole container spec (only the creator calls it);
+    ``make_spec()`` computes the whole container spec and the plan's GPUs and HCAs for
+    ``--gpu-bind`` (only the creator calls it);
     ``make_rank_spec(shared)`` computes this rank's spec from what the holder shares.
     """
     from hpcbind.runtime.container import execute
@@ -114,12 +115,13 @@ def _holder(listener: socket.socket, make_spec, expected: int | None) -> None:
     os.setsid()  # signals aimed at one rank's process group must not take the node down
     try:
         # discovery first: it checks the launcher's descriptors (PMI_FD) as a rank has them
-        spec = make_spec()
+        spec, devices = make_spec()
         _keep_only(listener.fileno())
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
-        shared = {"edits": [list(e) for e in spec.env.edits], "home": spec.home}
+        shared = {"edits": [list(e) for e in spec.env.edits], "home": spec.home,
+                  "devices": devices}
         fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
                os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)]
     except HpcbindError as err:
