@@ -27,6 +27,7 @@ from hosts_fabric import (
 from hpcbind import fabric
 from hpcbind.cli import main
 from hpcbind.fabric import verbs
+from hpcbind.host import libbind
 from hpcbind.host.elf import elf_info
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import CONTAINER_LIBDIR, BindPlan, EnvAction, Status
@@ -390,7 +391,7 @@ def test_provider_abi_mismatch_fails(tmp_path, ib8):
     image_defs = elf_info(image / path.lstrip("/")).version_defs
     assert "IBVERBS_PRIVATE_41" in image_defs and "IBVERBS_PRIVATE_34" not in image_defs
     host = HostRoot(ib8)
-    providers = verbs.read_providers(host, verbs.host_loader(host))
+    providers = verbs.read_providers(host, libbind.host_loader(host))
     check = verbs.provider_abi_check(image_defs, {p.name: p.needs for p in providers})
     assert check.status is Status.FAIL
     assert check.message == ("the image's libibverbs.so.1 cannot load the host verbs providers: "
@@ -461,7 +462,7 @@ def test_live_rdma_core_providers():
     """The real /etc/libibverbs.d: every configured provider resolved to an installed file
     that needs exactly the private ABI the host's libibverbs defines."""
     host = HostRoot()
-    loader = verbs.host_loader(host)
+    loader = libbind.host_loader(host)
     names = verbs.read_provider_names(host)
     if not names or "libibverbs.so.1" not in loader.paths:
         pytest.skip("rdma-core is not installed here")

@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import TypeVar
 
 from hpcbind.fabric import cxi, opa, verbs
+from hpcbind.host import libbind
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, PlanPart, Status
 
@@ -25,7 +26,7 @@ PROBES = (verbs.discover, cxi.discover, opa.discover)
 def discover(host: HostRoot, env: Mapping[str, str]) -> PlanPart:
     """Plan entries for every interconnect the host has; ``env`` is the launching environment
     (selection: HPCBIND_HCA, UCX_NET_DEVICES, SLINGSHOT_DEVICES; variables to pass on)."""
-    loader = verbs.host_loader(host)
+    loader = libbind.host_loader(host)
     part = PlanPart()
     for probe in PROBES:
         part.extend(probe(host, env, loader))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpcbind.fabric import verbs
+from hpcbind.host import libbind
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, Device, EnvAction, EnvOp, Fact, PlanPart, Rejected, Status
 
@@ -71,7 +72,7 @@ def _read(host: HostRoot, name: str) -> CxiDevice:
     )
 
 
-def discover(host: HostRoot, env: Mapping[str, str], loader: verbs.Loader) -> PlanPart:
+def discover(host: HostRoot, env: Mapping[str, str], loader: libbind.Loader) -> PlanPart:
     """Plan entries for the host's Slingshot NICs; empty when it has none."""
     nics = read_cxi_devices(host)
     if not nics:
@@ -91,9 +92,9 @@ def discover(host: HostRoot, env: Mapping[str, str], loader: verbs.Loader) -> Pl
     libraries, needs = verbs.libfabric_part(
         loader, env, PROVIDER, "libfabric with the cxi provider (Cray MPICH, MPICH ch4:ofi)")
     part.extend(libraries)
-    libcxi = verbs.LibRequest(LIBCXI, "libcxi", "CXI user library under libfabric's cxi provider",
+    libcxi = libbind.LibRequest(LIBCXI, "libcxi", "CXI user library under libfabric's cxi provider",
                               required=True)
-    part.extend(verbs.library_part(loader, [libcxi, *needs], PROVIDER))
+    part.extend(libbind.library_part(loader, [libcxi, *needs], PROVIDER))
     return part
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpcbind.fabric import verbs
+from hpcbind.host import libbind
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, Device, EnvAction, EnvOp, Fact, PlanPart, Rejected, Status
 
@@ -48,7 +49,7 @@ def read_hfi_devices(host: HostRoot) -> tuple[HfiDevice, ...]:
     return tuple(found)
 
 
-def discover(host: HostRoot, env: Mapping[str, str], loader: verbs.Loader) -> PlanPart:
+def discover(host: HostRoot, env: Mapping[str, str], loader: libbind.Loader) -> PlanPart:
     """Plan entries for the host's Omni-Path adapters; empty when it has none."""
     hfis = read_hfi_devices(host)
     adapters = {name: verbs.read_device(host, name)
@@ -75,9 +76,9 @@ def discover(host: HostRoot, env: Mapping[str, str], loader: verbs.Loader) -> Pl
                              f"{name} has no {SYS_HFI_USER}/{name}: PSM2 cannot open /dev/{name}",
                              PROVIDER, fix="check the hfi1 driver on the host (modprobe hfi1)")
                        for name in adapters if name not in present)
-    psm2 = verbs.LibRequest("libpsm2.so.2", "psm2", "PSM2, the Omni-Path transport of Open MPI "
+    psm2 = libbind.LibRequest("libpsm2.so.2", "psm2", "PSM2, the Omni-Path transport of Open MPI "
                             "mtl/psm2 and libfabric psm2", required=True)
-    part.extend(verbs.library_part(loader, [psm2], PROVIDER))
+    part.extend(libbind.library_part(loader, [psm2], PROVIDER))
     part.env.extend(EnvOp(name, EnvAction.PASS, "", PROVIDER,
                           "PSM2 job key and settings, kept under --cleanenv")
                     for name in sorted(env)

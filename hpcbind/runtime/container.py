@@ -28,10 +28,8 @@ import sys
 from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
-from hpcbind.image.source import ImageSource
 from hpcbind.runtime import identity, linux
 from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
-from hpcbind.runtime.environment import ContainerEnv
 from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image
 
 SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
