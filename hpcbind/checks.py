@@ -113,6 +113,9 @@ def _drop(mount: Mount) -> str:
 
 # --- container-first ---------------------------------------------------------------------
 
+# Providers whose libraries are meant to replace the image's copies (--mpi=host's bind model)
+REPLACING_PROVIDERS = frozenset({"mpi.hostmpi"})
+
 
 def _container_first(part: PlanPart, libs: list[Mount], image: ImageFacts, keep_libibverbs: bool) -> list[Mount]:
     """The libraries still bound; the others go to ``part.rejected``."""
@@ -121,7 +124,7 @@ def _container_first(part: PlanPart, libs: list[Mount], image: ImageFacts, keep_
         soname = _soname(mount)
         shipped = image.libraries.get(soname)
         added = mount.destination.startswith(CONTAINER_LIBDIR + "/")  # not a deliberate replacement
-        if not (added and shipped):
+        if not (added and shipped) or mount.provider in REPLACING_PROVIDERS:
             kept.append(mount)
         elif mount.provenance.version:
             kept.append(mount)

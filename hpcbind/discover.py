@@ -60,11 +60,13 @@ class Request:
     rocm: bool = False
     ib: bool = False
     devices: tuple[str, ...] = ()
+    mpi_host: bool = False  # --mpi=host: not a PROVIDERS flag, it needs the image's facts
 
     @property
     def names(self) -> tuple[str, ...]:
         """The request as the plan records it: ``("ib", "nv", "device:nvidia.com/gpu=0")``."""
-        return (*(flag for flag in PROVIDERS if getattr(self, flag)), *(f"device:{d}" for d in self.devices))
+        return (*(flag for flag in PROVIDERS if getattr(self, flag)),
+                *(f"device:{d}" for d in self.devices), *(("mpi:host",) if self.mpi_host else ()))
 
 
 def under_launcher(env: Mapping[str, str]) -> bool:
@@ -103,12 +105,12 @@ def read_image_facts(image: Path) -> ImageFacts:
         raise HpcbindError(f"can't read image {image}: {err.strerror}",
                            "give a SIF file, a squashfs file or a sandbox directory") from None
     if magic == SQUASHFS_MAGIC:
-        return contents.image_facts_from_squashfs(image)
+        return contents.cached_image_facts(image)
     from hpcbind.image.sif import SifImage
 
     with SifImage.open(image) as sif:
         offset = sif.primary_partition().offset
-    return contents.image_facts_from_squashfs(image, offset)
+    return contents.cached_image_facts(image, offset)
 
 
 def make_plan(request: Request, host: HostRoot = HostRoot(), env: Mapping[str, str] = os.environ,
@@ -121,11 +123,19 @@ def make_plan(request: Request, host: HostRoot = HostRoot(), env: Mapping[str, s
         from hpcbind import cdi  # YAML and the spec model load only for --device
 
         parts.append(cdi.cdi_part(cdi.load_cdi_specs(host), request.devices, host))
-    if image is not None:
+    facts = read_image_facts(image) if image is not None else None
+    if request.mpi_host:
+        if facts is None:
+            raise HpcbindError("--mpi=host needs the image, to check its MPI against the host's",
+                               "give the image (hpcrun plan --mpi=host IMAGE)")
+        from hpcbind.mpi import hostmpi
+
+        parts.append(hostmpi.discover(host, env, facts.mpi))
+    if facts is not None:
         from hpcbind import checks
         from hpcbind.mpi.host import launcher_mpi
 
-        parts.append(checks.preflight(parts, read_image_facts(image), launcher_mpi(host, env)))
+        parts.append(checks.preflight(parts, facts, launcher_mpi(host, env)))
     return BindPlan.merge(request.names, parts)
 
 

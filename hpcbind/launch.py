@@ -42,9 +42,9 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
 
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
-        "ib devices exec_hint verbose node_session gpu_bind"),
+        "ib devices exec_hint verbose node_session gpu_bind mpi_host"),
         defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
-                  False, "", ""))):
+                  False, "", "", False))):
     """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
     node_session: the key shared by the ranks of one launch (one container per node)."""
 
@@ -156,7 +156,8 @@ def _spec_and_devices(options: RunOptions, config: Config, host_env: dict[str, s
 
     plan_edits: list[EnvEdit] = []
     rank_devices = None
-    if options.nv or options.rocm or options.ib or options.devices or _under_launcher(host_env):
+    if (options.nv or options.rocm or options.ib or options.devices or options.mpi_host
+            or _under_launcher(host_env)):
         plan_binds, plan_devices, plan_links, plan_edits, rank_devices = _apply_plan(
             options, image, host_env, dev_minimal)
         binds += plan_binds
@@ -257,11 +258,20 @@ def _runtime_vars(image: ImageSource) -> dict[str, str]:
 
 def _apply_plan(options: RunOptions, image: ImageSource, host_env: dict[str, str],
                 dev_minimal: bool):
+    import sys
+
+    if sys.flags.no_site:  # the launcher skips site-packages (python -S); discovery needs them
+        import site
+
+        site.main()
     from hpcbind.discover import Request, make_plan
     from hpcbind.plan import EnvAction
 
+    from pathlib import Path
+
     plan = make_plan(Request(nv=options.nv, rocm=options.rocm, ib=options.ib,
-                             devices=options.devices), env=host_env)
+                             devices=options.devices, mpi_host=options.mpi_host), env=host_env,
+                     image=Path(image.path) if options.mpi_host else None)
     if plan.failed:
         check = plan.failed[0]
         raise HpcbindError(f"preflight check {check.name} failed: {check.message}",

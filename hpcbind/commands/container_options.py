@@ -36,6 +36,9 @@ OPTIONS = (
            "InfiniBand/RoCE/Slingshot/Omni-Path: bind devices and verbs providers"),
     Option(("--device",), "device", "list", "VENDOR/CLASS=NAME",
            "apply a CDI device from /etc/cdi or /var/run/cdi"),
+    Option(("--mpi",), "mpi", "value", "image|host",
+           "host: replace the image's MPI library with the host's (the bind model), only when "
+           "their ABIs are compatible (Sarus's rules); image (default): the image's own MPI"),
     Option(("--gpu-bind",), "gpu_bind", "value", "closest|none|map:I,J,...",
            "under a launcher, give each local rank its own GPU (and the HCA nearest it): "
            "closest by NUMA locality, or a map of local rank -> GPU"),
@@ -103,6 +106,14 @@ def configure(parser, rest_metavar: str) -> None:
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar=rest_metavar)
 
 
+def _mpi_host(value: str) -> bool:
+    if value not in ("", "image", "host"):
+        from hpcbind.errors import HpcbindError
+
+        raise HpcbindError(f"bad --mpi value {value!r}", "use --mpi=host or --mpi=image")
+    return value == "host"
+
+
 def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
     return RunOptions(
         image=args.image, argv=argv, binds=tuple(args.bind), contain=args.contain,
@@ -110,5 +121,5 @@ def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
         cleanenv=args.cleanenv, env=tuple(args.env), env_files=tuple(args.env_file),
         nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
         exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
-        gpu_bind=args.gpu_bind,
+        gpu_bind=args.gpu_bind, mpi_host=_mpi_host(args.mpi),
     )

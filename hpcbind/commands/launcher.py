@@ -128,14 +128,16 @@ def _preflight(args, line, image) -> None:
 
     facts = (contents.image_facts(HostRoot(Path(image.path))) if not image.is_squashfs
              else contents.cached_image_facts(Path(image.path), image.offset))
-    if args.nv or args.rocm or args.ib or args.device:
+    mpi_host = container_options.run_options(args, ()).mpi_host
+    if args.nv or args.rocm or args.ib or args.device or mpi_host:
         plan = make_plan(Request(nv=args.nv, rocm=args.rocm, ib=args.ib,
-                                 devices=tuple(args.device)), image=Path(image.path))
+                                 devices=tuple(args.device), mpi_host=mpi_host),
+                         image=Path(image.path))
         if plan.failed:
             check = plan.failed[0]
             raise HpcbindError(f"preflight check {check.name} failed: {check.message}",
                                check.fix or "see 'hpcrun plan --explain IMAGE'")
-    problem = mpi_launcher.family_check(line.family, facts.mpi)
+    problem = None if mpi_host else mpi_launcher.family_check(line.family, facts.mpi)
     if problem:
         raise HpcbindError(*problem)
 

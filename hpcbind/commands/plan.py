@@ -35,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--ib", action="store_true", help="InfiniBand/RoCE/Slingshot/Omni-Path devices and verbs providers")
     add("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
         help="a CDI device from /etc/cdi or /var/run/cdi, e.g. nvidia.com/gpu=0 or =all (repeatable)")
+    add("--mpi", choices=("image", "host"), default="image",
+        help="host: show the bind model, the host's MPI replacing the image's (needs IMAGE)")
     add("--gpu-bind", metavar="closest|none|map:I,J,...",
         help="also show which GPU and HCA each local rank would get (see hpcrun exec --help)")
     add("--local-ranks", type=int, default=8, metavar="N",
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from hpcbind.capture import capture, sysroot
     from hpcbind.discover import Request, make_plan
 
-    request = Request(nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device))
+    request = Request(nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
+                      mpi_host=args.mpi == "host")
     with sysroot(args.sysroot) as host:
         plan = (capture(request, host, os.environ, args.image, out=args.capture) if args.capture
                 else make_plan(request, host, os.environ, args.image))

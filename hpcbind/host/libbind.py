@@ -98,7 +98,7 @@ def library_part(loader: Loader, requests: Iterable[LibRequest], provider: str) 
         part.mounts.append(_lib_mount(real, info, request, provider))
         by = info.soname or posixpath.basename(real)
         queue.extend(LibRequest(dep, "dependency", f"needed by {by}", required=True)
-                     for dep in info.needed if dep not in seen and not _image_owned(dep))
+                     for dep in info.needed if dep not in seen and not image_owned(dep))
     part.links = list(dict.fromkeys(part.links))
     if part.mounts:
         part.env.append(EnvOp("LD_LIBRARY_PATH", EnvAction.APPEND, CONTAINER_LIBDIR, provider,
@@ -122,7 +122,7 @@ def plugin_dir_part(host: HostRoot, directory: str, name: str, provider: str, ru
             needed.setdefault(dep, entry)
     return part, tuple(LibRequest(dep, "dependency", f"needed by {by} in {directory}",
                                   required=True)
-                       for dep, by in needed.items() if not _image_owned(dep))
+                       for dep, by in needed.items() if not image_owned(dep))
 
 
 def _unusable(info: ElfInfo | None, abi: tuple[str, str] | None) -> str:
@@ -152,7 +152,7 @@ def _lib_links(real: str, names: Iterable[str], provider: str) -> list[Link]:
             for name in dict.fromkeys(names) if name and name != basename and "/" not in name]
 
 
-def _image_owned(soname: str) -> bool:
+def image_owned(soname: str) -> bool:
     return soname in _IMAGE_OWNED or bool(_LOADER.match(soname))
 
 
