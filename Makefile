@@ -16,8 +16,11 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 
 .PHONY: demo test deps venv test-user example bench clean
 
+# The example's runscript (an mpi4py hello) as 4 ranks, the host's mpirun starting them in
+# one container per node; root needs Open MPI's explicit consent.
 demo: deps venv example
-	$(HPCRUN) run $(EXAMPLE)
+	$(HPCRUN) mpirun.openmpi --allow-run-as-root --oversubscribe -np 4 $(EXAMPLE) \
+		/.singularity.d/runscript
 
 test: deps venv test-user example
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
