@@ -177,3 +177,11 @@ def test_root_uses_kernel_squashfs_on_a_loop_device():
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, "root\n"), r.stderr
     assert f"image {BUSYBOX_SIF} mounted by loop" in r.stderr
+
+
+def test_nv_and_ib_on_a_machine_without_gpu_or_hca(unprivileged: Unprivileged):
+    """No GPU, no RDMA device: the plan says so and the container still runs."""
+    r = unprivileged.run("exec", "--nv", "--ib", str(unprivileged.busybox_sif), "sh", "-c",
+                         "echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia* 2>/dev/null | wc -l")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "0"
