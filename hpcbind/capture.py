@@ -67,9 +67,9 @@ class RecordingHostRoot(HostRoot):
 
     touched: set[str] = field(default_factory=set, compare=False, repr=False)
 
-    def real(self, path: str) -> Path:
+    def _backing(self, path: str) -> str:
         self.touched.add(_normal(path))
-        return super().real(path)
+        return super()._backing(path)
 
     def listdir(self, path: str) -> list[str]:
         # the names a listing returned must all exist again in the replay, read or not

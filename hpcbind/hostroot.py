@@ -30,7 +30,12 @@ class HostRoot:
 
     def real(self, path: str) -> Path:
         """The file backing host path ``path`` under this root (no symlink resolution)."""
-        return self.root / path.lstrip("/")
+        return Path(self._backing(path))
+
+    def _backing(self, path: str) -> str:
+        """``real`` as a string: the one place a host path becomes a file path (a recorder
+        overrides it to note every file and link discovery looks at)."""
+        return str(self.root).rstrip("/") + "/" + path.lstrip("/")
 
     def resolve(self, path: str) -> str:
         """Host-absolute ``path`` with every symlink followed inside the root."""
@@ -46,7 +51,9 @@ class HostRoot:
                 continue
             candidate = posixpath.join(resolved, part)
             try:
-                target = os.readlink(self.real(candidate))
+                # a string, not a Path: this runs for each component of every path discovery
+                # reads (a Path each was a quarter of an 8-GPU node's plan time)
+                target = os.readlink(self._backing(candidate))
             except OSError:
                 resolved = candidate
                 continue

@@ -9,6 +9,7 @@ needs against the ones the container's ``libc.so.6`` defines: pain point 1 of ev
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import struct
 from collections.abc import Iterable, Iterator
@@ -56,7 +57,26 @@ class ElfInfo:
 
 
 def elf_info(path: Path) -> ElfInfo | None:
-    """The ELF facts of ``path``; None when it is missing, not ELF, or too broken to read."""
+    """The ELF facts of ``path``; None when it is missing, not ELF, or too broken to read.
+
+    Remembered for the life of the process per file identity (device, inode, size,
+    modification time): a plan reads the same libraries for several providers and checks,
+    and pyelftools is most of discovery's time. A changed file has a new identity.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SEEN:
+        _SEEN[key] = _elf_info(path)
+    return _SEEN[key]
+
+
+_SEEN: dict[tuple, ElfInfo | None] = {}
+
+
+def _elf_info(path: Path) -> ElfInfo | None:
     try:
         with path.open("rb") as stream:
             if stream.read(4) != b"\x7fELF":
