@@ -25,7 +25,11 @@ PLUGIN_DIRS = {
 
 
 def build_mpi_image(family: str, work: Path) -> Path:
-    """A squashfs image whose /usr/local/bin/mpi-check is built against ``family``'s MPI."""
+    """A squashfs image whose /usr/local/bin/mpi-check is built against ``family``'s MPI
+    (built once per ``work`` directory: several test modules share one)."""
+    image = work / f"{family}.sqfs"
+    if image.exists():
+        return image
     root = work / f"{family}-root"
     binary = work / f"mpi-check-{family}"
     subprocess.run([MPICC[family], "-O", "-o", str(binary), str(SOURCE)], check=True,
@@ -43,7 +47,6 @@ def build_mpi_image(family: str, work: Path) -> Path:
     for d in ("etc", "tmp", "proc", "sys", "dev", "home"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
-    image = work / f"{family}.sqfs"
     subprocess.run(["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-no-progress",
                     "-all-root", "-comp", "lz4"], check=True, capture_output=True)
     image.chmod(0o644)
