@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
 	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux
 
-.PHONY: demo test deps venv test-user example bench clean
+.PHONY: demo test deps venv test-user example bench bench-osu clean
 
 # The example's runscript (an mpi4py hello) as 4 ranks, the host's mpirun starting them in
 # one container per node; root needs Open MPI's explicit consent.
@@ -62,6 +62,9 @@ $(EXAMPLE): examples/example.def benchmarks/launch/mpi_hello.c | venv
 
 bench: deps venv
 	$(VENV)/bin/python benchmarks/launch/bench_exec.py
+
+bench-osu: deps venv bytecode example
+	$(VENV)/bin/python benchmarks/osu/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sign": ("hpcbind.commands.sign", "sign a SIF image (PGP or DSSE)"),
     "verify": ("hpcbind.commands.verify", "verify a SIF image's signatures"),
     "config": ("hpcbind.commands.config", "show the effective site configuration"),
+    "validate": ("hpcbind.commands.validate",
+                 "check inside an image that its GPUs, RDMA devices and MPI work as on the host"),
 }
 
 
