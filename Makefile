@@ -12,7 +12,8 @@ TEST_USER := hpcbind-test
 
 APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse3 \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
-	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux
+	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux \
+	uidmap libcap2-bin
 
 .PHONY: demo test deps venv test-user example bench bench-osu clean
 
@@ -53,8 +54,12 @@ $(VENV)/.installed: pyproject.toml scripts/hpcrun.in
 bytecode: venv
 	$(VENV)/bin/python -m compileall -q hpcbind
 
+# subordinate ids, so test_security.py can show newuidmap working before it is refused
 test-user:
 	@id $(TEST_USER) >/dev/null 2>&1 || useradd --create-home --shell /bin/bash $(TEST_USER)
+	@touch /etc/subuid /etc/subgid
+	@grep -q '^$(TEST_USER):' /etc/subuid 2>/dev/null || usermod --add-subuids 300000-365535 $(TEST_USER)
+	@grep -q '^$(TEST_USER):' /etc/subgid 2>/dev/null || usermod --add-subgids 300000-365535 $(TEST_USER)
 
 example: $(EXAMPLE)
 $(EXAMPLE): examples/example.def benchmarks/launch/mpi_hello.c | venv

@@ -56,12 +56,15 @@ class Unprivileged:
                               timeout=timeout, cwd=cwd or str(self.root), input=input)
 
     def argv(self, *args: str, env: dict[str, str] | None = None) -> list[str]:
+        return self.command(str(self.launcher), *args, env=env)
+
+    def command(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        """ARGV run on the host as the test user, with the environment hpcrun gets."""
         user_env = {"HOME": pwd.getpwuid(self.uid).pw_dir, "PATH": "/usr/bin:/bin",
                     "LANG": "C.UTF-8", **(env or {})}
         prefix = [] if os.getuid() == self.uid else ["setpriv", f"--reuid={self.uid}",
                                                      f"--regid={self.gid}", "--clear-groups"]
-        return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()),
-                         str(self.launcher), *args]
+        return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *argv]
 
     def popen(self, *args: str, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), cwd=str(self.root), **kw)

@@ -1,37 +1,128 @@
 """The runtime's promise, tested as an unprivileged user: no way to become root, no way to read
-what the user could not read outside, no way to change the host's mounts."""
+what the user could not read outside, no way to change the host's mounts or the host's files.
+
+Where an attack needs a tool that could be broken (a program with file capabilities, a
+setuid newuidmap), the test first shows the tool working on the host, so a refusal inside
+means the container held, not that the tool was broken."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import BUSYBOX_SIF, Unprivileged
 
-EUID_PROGRAM = r"""
+PROGRAMS = {
+    "euid": r"""
 #include <stdio.h>
 #include <unistd.h>
 int main(void) { printf("%d %d\n", (int)getuid(), (int)geteuid()); return 0; }
-"""
+""",
+    # what file capabilities (cap_setuid, cap_dac_read_search) would give: uid 0, and reading
+    # a file only root may read (argv[1])
+    "caps": r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    printf("read %d\n", open(argv[1], O_RDONLY) >= 0);
+    printf("setuid %d\n", setuid(0) == 0);
+    return 0;
+}
+""",
+    # a child enters a new user namespace; newuidmap (argv[1]) is asked to map uid 0 there to
+    # uid argv[2] of the parent namespace; the child prints the map it got
+    "mapper": r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int ready[2], mapped[2], status;
+    char byte, pid[16], line[128] = "none\n";
+    if (argc != 3 || pipe(ready) || pipe(mapped)) return 2;
+    pid_t child = fork();
+    if (child == 0) {
+        if (unshare(CLONE_NEWUSER)) { perror("unshare"); _exit(2); }
+        if (write(ready[1], "r", 1) != 1 || read(mapped[0], &byte, 1) != 1) _exit(2);
+        FILE *map = fopen("/proc/self/uid_map", "r");
+        if (map && !fgets(line, sizeof line, map)) snprintf(line, sizeof line, "none\n");
+        printf("map %s", line);
+        fflush(stdout);
+        _exit(0);
+    }
+    if (read(ready[0], &byte, 1) != 1) return 2;
+    snprintf(pid, sizeof pid, "%d", (int)child);
+    pid_t helper = fork();
+    if (helper == 0) { execl(argv[1], argv[1], pid, "0", argv[2], "1", (char *)0); _exit(127); }
+    waitpid(helper, &status, 0);
+    printf("newuidmap %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    fflush(stdout);
+    if (write(mapped[1], "m", 1) != 1) return 2;
+    waitpid(child, &status, 0);
+    return 0;
+}
+""",
+}
+FILE_CAPS = "cap_setuid,cap_dac_read_search+ep"
+
+
+def build_program(name: str, out: Path) -> None:
+    source = out.with_suffix(".c")
+    source.write_text(PROGRAMS[name])
+    built = subprocess.run(["gcc", "-static", "-O", "-o", str(out), str(source)],
+                           capture_output=True, text=True)
+    source.unlink()
+    if built.returncode != 0:
+        pytest.fail(f"cannot build the static test program {name}: {built.stderr[-300:]}")
+
+
+def copy_with_libraries(program: str, root: Path) -> None:
+    """PROGRAM and its shared libraries (as ldd lists them) at the same paths under ROOT."""
+    listing = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    for path in [program, *re.findall(r"(/\S+) \(0x", listing)]:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(path), target)
+
+
+def root_device() -> tuple[int, int]:
+    """The block device holding the host's root filesystem (or /dev/null's numbers where / has
+    none): a node for it, writable by all, is what a hostile image would ship to read the disk."""
+    dev = os.stat("/").st_dev
+    return (os.major(dev), os.minor(dev)) if os.major(dev) else (1, 3)
 
 
 @pytest.fixture(scope="module")
 def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
-    """busybox plus a setuid-root program and links that point out of the root."""
+    """busybox plus: a setuid-root program, a program with file capabilities, a setuid su, a
+    setuid newuidmap with an /etc/subuid granting the user host uid 0, a world-writable node
+    of the host's disk, and links that point out of the root."""
     work = tmp_path_factory.mktemp("hostile")
     root = work / "root"
     subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", "45056", "-d", str(root),
                     str(BUSYBOX_SIF)], check=True, capture_output=True)
-    (work / "euid.c").write_text(EUID_PROGRAM)
-    built = subprocess.run(["gcc", "-static", "-O", "-o", str(root / "bin/euid"),
-                            str(work / "euid.c")], capture_output=True, text=True)
-    if built.returncode != 0:
-        pytest.skip(f"cannot build a static test program: {built.stderr[-200:]}")
+    for name in ("euid", "caps", "mapper"):
+        build_program(name, root / "bin" / name)
     os.chmod(root / "bin/euid", 0o4755)
+    subprocess.run(["setcap", FILE_CAPS, str(root / "bin/caps")], check=True)
+    (root / "bin/su").unlink()  # a link to busybox, which must keep its own mode
+    shutil.copy(root / "bin/busybox", root / "bin/su")
+    os.chmod(root / "bin/su", 0o4755)
+    copy_with_libraries("/usr/bin/newuidmap", root)
+    os.chmod(root / "usr/bin/newuidmap", 0o4755)
+    (root / "etc/subuid").write_text(f"{user_name(unprivileged)}:0:65536\n")
+    os.mknod(root / "disk", 0o666 | 0o060000, os.makedev(*root_device()))  # S_IFBLK
+    os.chmod(root / "disk", 0o666)
     os.symlink("../../../../../../etc", root / "climb")
     os.symlink("/etc", root / "abs")
     image = unprivileged.root / "hostile.sqfs"
@@ -39,6 +130,20 @@ def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
                     "-no-progress"], check=True, capture_output=True)
     image.chmod(0o644)
     return image
+
+
+@pytest.fixture
+def root_secret() -> Path:
+    """A host file only root may read."""
+    secret = Path("/var/tmp") / f"hpcbind-secret-{os.getpid()}"
+    secret.write_text("TOP-SECRET\n")
+    secret.chmod(0o600)
+    yield secret
+    secret.unlink()
+
+
+def user_name(unprivileged: Unprivileged) -> str:
+    return pwd.getpwuid(unprivileged.uid).pw_name
 
 
 def test_setuid_root_binary_runs_without_privilege(unprivileged: Unprivileged, hostile_image):
@@ -76,22 +181,12 @@ def test_absolute_symlink_resolves_inside_the_container(unprivileged: Unprivileg
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs a host file the test user cannot read")
-def test_cannot_read_what_is_unreadable_outside(unprivileged: Unprivileged, tmp_path):
-    secret_dir = Path("/root")
-    secret = tmp_path / "secret"
-    secret.write_text("TOP-SECRET\n")
-    secret.chmod(0o600)
-    shutil.copy(secret, "/var/tmp/hpcbind-secret")
-    os.chmod("/var/tmp/hpcbind-secret", 0o600)
-    try:
-        r = unprivileged.run("exec", "--bind", "/var/tmp/hpcbind-secret:/s",
-                             str(unprivileged.busybox_sif), "cat", "/s")
-        assert "TOP-SECRET" not in r.stdout and "Permission denied" in r.stderr
-        r = unprivileged.run("exec", "--bind", f"{secret_dir}:/r",
-                             str(unprivileged.busybox_sif), "ls", "/r")
-        assert r.returncode != 0
-    finally:
-        os.unlink("/var/tmp/hpcbind-secret")
+def test_cannot_read_what_is_unreadable_outside(unprivileged: Unprivileged, root_secret):
+    r = unprivileged.run("exec", "--bind", f"{root_secret}:/s", str(unprivileged.busybox_sif),
+                         "cat", "/s")
+    assert "TOP-SECRET" not in r.stdout and "Permission denied" in r.stderr
+    r = unprivileged.run("exec", "--bind", "/root:/r", str(unprivileged.busybox_sif), "ls", "/r")
+    assert r.returncode != 0
 
 
 def test_no_mount_reaches_the_host(unprivileged: Unprivileged):
@@ -111,3 +206,99 @@ def test_uid_map_is_identity_only(unprivileged: Unprivileged):
         pytest.skip("root runs without a user namespace")
     assert [line.split() for line in r.stdout.splitlines()] == [[str(uid), str(uid), "1"],
                                                                 [str(gid), str(gid), "1"]]
+
+
+def test_file_capabilities_in_the_image_give_nothing(unprivileged: Unprivileged, hostile_image,
+                                                     root_secret, tmp_path):
+    subprocess.run(["unsquashfs", "-q", "-d", str(tmp_path / "x"), str(hostile_image), "bin/caps"],
+                   check=True, capture_output=True)
+    carried = subprocess.run(["getcap", str(tmp_path / "x/bin/caps")], capture_output=True,
+                             text=True).stdout
+    assert "cap_dac_read_search,cap_setuid=ep" in carried, "the image must carry the capabilities"
+    control = unprivileged.root / "caps-on-the-host"
+    build_program("caps", control)
+    subprocess.run(["setcap", FILE_CAPS, str(control)], check=True)
+    r = subprocess.run(unprivileged.command(str(control), str(root_secret)), capture_output=True,
+                       text=True)
+    assert r.stdout.split("\n")[:2] == ["read 1", "setuid 1"], "the capabilities work on the host"
+
+    r = unprivileged.run("exec", "--bind", f"{root_secret}:/s", str(hostile_image), "sh", "-c",
+                         "/bin/caps /s; grep -E '^Cap(Prm|Eff)' /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    read, setuid, prm, eff = r.stdout.splitlines()
+    assert (read, setuid) == ("read 0", "setuid 0")
+    assert prm.split()[1] == eff.split()[1] == "0000000000000000"
+
+
+def test_setuid_su_stays_the_user(unprivileged: Unprivileged, hostile_image):
+    r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
+                         "ls -l /bin/su; su -c 'id -u' root </dev/null; id -u")
+    listing, *rest = r.stdout.splitlines()
+    assert listing.startswith("-rwsr-xr-x")
+    assert rest == [str(unprivileged.uid)]  # su printed nothing: it never ran a command
+    assert "su:" in r.stderr
+
+
+def test_setuid_newuidmap_cannot_map_host_root(unprivileged: Unprivileged, hostile_image):
+    """The image ships newuidmap (setuid root) and an /etc/subuid granting the user uid 0: with
+    setuid honoured, the user's namespace would map its root to the host's root."""
+    entry = next((line.split(":") for line in Path("/etc/subuid").read_text().splitlines()
+                  if line.startswith(f"{user_name(unprivileged)}:")), None)
+    assert entry, "make test-user gives the test user subordinate ids"
+    mapper = unprivileged.root / "mapper-on-the-host"
+    build_program("mapper", mapper)
+    r = subprocess.run(unprivileged.command(str(mapper), "/usr/bin/newuidmap", entry[1]),
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ["newuidmap", "0", "map", "0", entry[1], "1"], r.stderr
+
+    r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
+                         "ls -l /usr/bin/newuidmap; /bin/mapper /usr/bin/newuidmap 0")
+    listing, *rest = r.stdout.splitlines()
+    assert listing.startswith("-rwsr-xr-x")
+    assert rest[0] != "newuidmap 0" and rest[1] == "map none", r.stderr
+
+
+def test_device_node_in_the_image_cannot_be_opened(unprivileged: Unprivileged, hostile_image):
+    r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
+                         "ls -l /disk; head -c 512 /disk | wc -c")
+    listing, count = r.stdout.splitlines()
+    assert listing[0] in "bc" and listing[1:10] == "rw-rw-rw-"
+    assert count == "0" and "Permission denied" in r.stderr
+
+
+def test_program_inherits_no_descriptor_of_the_runtime(unprivileged: Unprivileged):
+    """A leaked descriptor of a host directory (the image's, the session's, /dev/fuse) would
+    let the program walk out of the container, as in runc's CVE-2024-21626."""
+    # ls itself is the program: a shell would list the pipes it makes for itself
+    bare = subprocess.run(unprivileged.command("ls", "/proc/self/fd"), capture_output=True,
+                          text=True, cwd=unprivileged.root)
+    r = unprivileged.run("exec", str(unprivileged.busybox_sif), "ls", "/proc/self/fd")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == bare.stdout.split() == ["0", "1", "2", "3"]  # 3: ls's own
+    r = unprivileged.run("exec", str(unprivileged.busybox_sif), "readlink", "/proc/self/cwd")
+    assert r.stdout == f"{unprivileged.root}\n"  # the bound working directory, no host fd
+
+
+def test_ranks_inherit_no_descriptor_of_the_node_session(unprivileged: Unprivileged):
+    launcher = ["mpirun.openmpi", "--oversubscribe", "-np", "2"]
+    listing = ["ls", "--color=never", "/proc/self/fd"]  # Open MPI gives ranks a terminal
+    bare = subprocess.run(unprivileged.command(*launcher, *listing),
+                          capture_output=True, text=True, cwd=unprivileged.root, timeout=120)
+    r = unprivileged.run(*launcher, str(unprivileged.busybox_sif), *listing, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(bare.stdout.split()), bare.stderr
+
+
+def test_runtime_binaries_cannot_be_overwritten_through_proc(unprivileged: Unprivileged):
+    """runc's CVE-2019-5736: a container process reopens the runtime's executable through
+    /proc/PID/exe and writes it. Every process of the user's job, the node session's holder
+    included, is tried."""
+    targets = [Path(sys.executable).resolve(), unprivileged.launcher]
+    before = {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets}
+    attack = ("for exe in /proc/[0-9]*/exe; do "
+              "  [ -e $exe ] && (: >> $exe) 2>/dev/null && echo WROTE $(readlink $exe); "
+              "done; echo tried")
+    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "2",
+                         str(unprivileged.busybox_sif), "sh", "-c", attack, timeout=120)
+    assert r.stdout == "tried\ntried\n", r.stderr
+    assert {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets} == before
