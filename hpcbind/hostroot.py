@@ -74,7 +74,7 @@ class HostRoot:
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it is missing or unreadable (a fact, not an error)."""
         try:
-            return self.real(self.resolve(path)).read_text(errors="replace")
+            return self.real(self.resolve(path)).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
 

@@ -302,3 +302,25 @@ def test_runtime_binaries_cannot_be_overwritten_through_proc(unprivileged: Unpri
                          str(unprivileged.busybox_sif), "sh", "-c", attack, timeout=120)
     assert r.stdout == "tried\ntried\n", r.stderr
     assert {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets} == before
+
+
+def test_inspect_follows_sandbox_links_inside_the_sandbox(unprivileged: Unprivileged, tmp_path):
+    host_dir = unprivileged.root / "host-metadata"  # what a link out of the sandbox would reach
+    host_dir.mkdir()
+    (host_dir / "runscript").write_text("the host's\n")
+    sandbox = unprivileged.root / "linking-sandbox"
+    (sandbox / "etc").mkdir(parents=True)
+    (sandbox / "etc/hostname").write_text("the sandbox's own\n")
+    (sandbox / "meta/env").mkdir(parents=True)
+    (sandbox / "meta/runscript").symlink_to("/etc/hostname")
+    (sandbox / "meta/env/90-environment.sh").symlink_to("../../../../../../etc/hostname")
+    (sandbox / "meta/labels.json").symlink_to("/proc/self/environ")
+    (sandbox / ".singularity.d").symlink_to(host_dir)
+    r = unprivileged.run("inspect", "--runscript", str(sandbox))
+    assert "the host's" not in r.stdout
+    (sandbox / ".singularity.d").unlink()
+    (sandbox / ".singularity.d").symlink_to("/meta")
+    r = unprivileged.run("inspect", "--json", str(sandbox))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("the sandbox's own") == 2  # runscript and environment
+    assert "HOME=" not in r.stdout

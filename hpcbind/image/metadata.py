@@ -8,11 +8,12 @@ when there is one.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from hpcbind.errors import HpcbindError
+from hpcbind.hostroot import HostRoot
 from hpcbind.image.source import ImageKind, ImageSource
 
 LABELS = "/.singularity.d/labels.json"
@@ -34,14 +35,10 @@ class Metadata:
 def read_file(image: ImageSource, path: str) -> str | None:
     """A file of the image as text, or None when the image does not have it."""
     if image.kind == ImageKind.DIRECTORY:
-        full = os.path.join(image.path, path.lstrip("/"))
-        if os.path.islink(full):  # never follow an image's link onto the host
-            return None
-        try:
-            with open(full, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return None
+        # links resolve inside the sandbox, as they would in the container: a runscript
+        # linked to /etc/shadow shows the sandbox's file, never the host's
+        return HostRoot(Path(image.path)).read_text(path)
+    # unsquashfs never leaves the image: it refuses links it cannot resolve inside
     result = subprocess.run(["unsquashfs", "-o", str(image.offset), "-cat", image.path, path],
                             capture_output=True)
     if result.returncode != 0:
