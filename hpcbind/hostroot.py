@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS: a loop in a capture must not hang discovery
@@ -23,6 +23,8 @@ _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS: a loop in a capture must not han
 @dataclass(frozen=True, slots=True)
 class HostRoot:
     root: Path = Path("/")
+    _directories: dict[str, str] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
 
     @property
     def live(self) -> bool:
@@ -39,8 +41,21 @@ class HostRoot:
 
     def resolve(self, path: str) -> str:
         """Host-absolute ``path`` with every symlink followed inside the root."""
-        parts = [p for p in path.split("/") if p]
-        resolved = "/"
+        head, _, name = path.rstrip("/").rpartition("/")
+        return self._walk(self._directory(head), [name])
+
+    def _directory(self, path: str) -> str:
+        """``resolve`` of a directory, remembered: discovery reads dozens of attributes in
+        each sysfs directory, and walking every path from the root, one readlink a component,
+        was most of a plan's time. A HostRoot is one look at the host, as a plan is."""
+        resolved = self._directories.get(path)
+        if resolved is None:
+            resolved = self._directories[path] = self._walk("/", path.split("/"))
+        return resolved
+
+    def _walk(self, resolved: str, parts: list[str]) -> str:
+        """``resolved`` (a resolved directory) joined with ``parts``, links followed."""
+        parts = [p for p in parts if p]
         links = 0
         while parts:
             part = parts.pop(0)
@@ -74,13 +89,15 @@ class HostRoot:
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it is missing or unreadable (a fact, not an error)."""
         try:
-            return self.real(self.resolve(path)).read_text(encoding="utf-8", errors="replace")
+            with open(self._backing(self.resolve(path)), encoding="utf-8", errors="replace") as f:
+                return f.read()
         except OSError:
             return None
 
     def read_bytes(self, path: str) -> bytes | None:
         try:
-            return self.real(self.resolve(path)).read_bytes()
+            with open(self._backing(self.resolve(path)), "rb") as f:
+                return f.read()
         except OSError:
             return None
 
@@ -92,7 +109,7 @@ class HostRoot:
     def listdir(self, path: str) -> list[str]:
         """Sorted entry names; empty when the directory is missing."""
         try:
-            return sorted(os.listdir(self.real(self.resolve(path))))
+            return sorted(os.listdir(self._backing(self.resolve(path))))
         except OSError:
             return []
 
