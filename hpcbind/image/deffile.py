@@ -228,10 +228,15 @@ def _parse_stage(chunk: str, first_line: int, path: str) -> Stage:
                     for at, end in zip(starts, [*starts[1:], len(lines)])]
     scripts: dict[str, Script] = {}
     files: dict[str, FilesSection] = {}
+    labels: dict[str, Label] = {}
     apps: list[Script] = []
     for section in raw_sections:
         if section.name == "files":
             _add_files(files, section, path)
+        elif section.name == "labels":
+            # Per section, not on the concatenated body: a repeated %labels would otherwise
+            # number its lines from the first one's.
+            labels.update((label.key, label) for label in _labels(section.body, section.line))
         elif section.name in APP_SECTIONS:
             apps.append(_app(section, path))
         elif section.name in SECTIONS:
@@ -240,12 +245,11 @@ def _parse_stage(chunk: str, first_line: int, path: str) -> Stage:
             raise HpcbindError(
                 f"{path}:{section.line}: unknown section %{section.name}",
                 f"use one of {', '.join('%' + s for s in SECTIONS)} or the %app* sections")
-    labels = scripts.pop("labels", None)
     return Stage(
         header=header,
         scripts=tuple(scripts.values()),
         files=tuple(files.values()),
-        labels=() if labels is None else _labels(labels.body, labels.line),
+        labels=tuple(labels.values()),
         apps=tuple(apps),
         raw=chunk,
         line=first_line,
@@ -381,12 +385,12 @@ def _fill_templates(chunk: str, first_line: int, path: str, given: Mapping[str, 
         raise HpcbindError(f"{path}:{number}: build argument {name!r} is not defined",
                            f"pass --build-arg {name}=VALUE or set it in %arguments")
 
-    out: list[str] = []
-    for number, line in enumerate(chunk.splitlines(keepends=True), first_line):
-        out.append(_BUILD_ARG.sub(
-            lambda m: m[0] if _COMMENT_BEFORE.search(line, 0, m.start())
-            else value(m[1], number), line))
-    return "".join(out)
+    # Lines end at "\n" alone, as for the rest of the parser: splitlines() also ends them at
+    # \r, \f, \x1c..., which misnumbers them and cuts comments short.
+    return "\n".join(
+        _BUILD_ARG.sub(lambda m: m[0] if _COMMENT_BEFORE.search(line, 0, m.start())
+                       else value(m[1], number), line)
+        for number, line in enumerate(chunk.split("\n"), first_line))
 
 
 def _check_stage_names(stages: list[Stage], path: str) -> None:

@@ -56,7 +56,9 @@ def _parse_one(item: str, cwd: str) -> Bind:
                            "give the container path as an absolute path")
     return Bind(
         source=os.path.normpath(os.path.join(cwd, source)),
-        destination=os.path.normpath(destination),
+        # normpath keeps a leading "//" (POSIX lets systems give it a meaning); in the
+        # container it is "/", and destinations are compared as strings.
+        destination="/" + os.path.normpath(destination).lstrip("/"),
         read_only=option == "ro",
         reason="--bind",
     )

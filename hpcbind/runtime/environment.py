@@ -104,7 +104,10 @@ def parse_env_assignments(items: Iterable[str], where: str) -> list[tuple[str, s
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
-        if not sep or not name.replace("_", "a").isalnum() or name[0].isdigit():
+        # ASCII only: isalnum() also takes 'µ' or 'Ä', which the image's /bin/sh refuses to
+        # export ("bad variable name"), failing the container's start.
+        if (not sep or not name.isascii() or not name.replace("_", "a").isalnum()
+                or name[0].isdigit()):
             raise HpcbindError(f"bad environment assignment {item!r} in {where}",
                                "write NAME=VALUE with a valid variable name")
         pairs.append((name, value))
@@ -118,6 +121,9 @@ def read_env_file(path: str) -> list[tuple[str, str]]:
     except OSError as err:
         raise HpcbindError(f"can't read env file {path}: {err.strerror}",
                            "check the --env-file path") from None
+    except UnicodeDecodeError:
+        raise HpcbindError(f"env file {path} is not UTF-8 text",
+                           "write it as NAME=VALUE lines in UTF-8") from None
     items = []
     for line in text.splitlines():
         line = line.strip()
