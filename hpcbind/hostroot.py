@@ -50,7 +50,9 @@ class HostRoot:
         was most of a plan's time. A HostRoot is one look at the host, as a plan is."""
         resolved = self._directories.get(path)
         if resolved is None:
-            resolved = self._directories[path] = self._walk("/", path.split("/"))
+            head, _, name = path.rpartition("/")
+            parent = self._directory(head) if head else "/"
+            resolved = self._directories[path] = self._walk(parent, [name])
         return resolved
 
     def _walk(self, resolved: str, parts: list[str]) -> str:
