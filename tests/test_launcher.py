@@ -11,6 +11,7 @@ import pytest
 from conftest import Unprivileged, user_processes
 from hpcbind.errors import HpcbindError
 from hpcbind.mpi import launcher
+from leftovers import HostState, leftovers
 from mpi_images import build_mpi_image
 
 # --- the launcher line (pure) ---------------------------------------------------------------
@@ -110,6 +111,7 @@ def test_rank_exit_code_propagates(unprivileged: Unprivileged):
 
 
 def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
+    before = HostState.now(unprivileged.uid)
     job = unprivileged.popen(*OPENMPI, "-np", "3", str(unprivileged.busybox_sif), "sleep", "120",
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -120,11 +122,7 @@ def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
     subprocess.run(["kill", "-9", str(ranks[0])], check=True)
     job.wait(timeout=60)
     assert job.returncode != 0
-    deadline = time.monotonic() + 20
-    leftovers = ["sleep", "squashfuse_ll", "hpcrun"]  # the holder is named after its script
-    while any(user_processes(unprivileged.uid, n) for n in leftovers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert {n: user_processes(unprivileged.uid, n) for n in leftovers} == {n: [] for n in leftovers}
+    assert leftovers(unprivileged.uid, before, timeout=20) == {}
 
 
 @pytest.mark.parametrize("args, env, message", [

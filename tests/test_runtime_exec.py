@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BUSYBOX_SIF, HPCRUN, Unprivileged, user_processes
+from leftovers import HostState, leftovers
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,7 @@ def test_directory_and_squashfs_images(unprivileged: Unprivileged, busybox_root)
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, None])
 def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
+    before = HostState.now(unprivileged.uid)
     proc = unprivileged.popen("exec", str(unprivileged.busybox_sif), "sleep", "60" if sig else "1",
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
@@ -150,11 +152,7 @@ def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
     if sig:
         proc.send_signal(sig)
     assert proc.wait(timeout=10) == (-sig if sig else 0)
-    deadline = time.monotonic() + 10
-    while user_processes(unprivileged.uid, "squashfuse_ll") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert user_processes(unprivileged.uid, "squashfuse_ll") == []
-    assert "squashfuse" not in Path("/proc/self/mountinfo").read_text()
+    assert leftovers(unprivileged.uid, before) == {}
 
 
 def test_errors_are_one_line(unprivileged: Unprivileged, shared):

@@ -172,14 +172,18 @@ def _serve(listener: socket.socket, payload: bytes, fds: list[int],
                     pid, peer_uid = _peer(conn)
                     if peer_uid != uid:
                         continue
+                    joined += 1  # a rank that died waiting for us came and went too
                     try:
                         pidfd = os.pidfd_open(pid)
                     except OSError:
                         continue  # it died before we looked
-                    socket.send_fds(conn, [payload], fds)
+                    try:
+                        socket.send_fds(conn, [payload], fds)
+                    except OSError:  # it died waiting (EPIPE): the other ranks still need us
+                        os.close(pidfd)
+                        continue
                 ranks[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                joined += 1
             else:  # a rank exited
                 poller.unregister(fd)
                 os.close(fd)
@@ -202,7 +206,10 @@ def _receive(key: str) -> tuple[dict, list[int]] | None:
         if _peer(conn)[1] != os.getuid():
             raise HpcbindError(f"node session {key} is held by another user",
                                "use a different key (hpcrun picks a random one per launch)")
-        message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+        try:
+            message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+        except ConnectionResetError:
+            return None  # the holder died before accepting us: try again
     if not message:
         return None
     return json.loads(message), fds

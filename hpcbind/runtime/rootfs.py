@@ -140,9 +140,7 @@ def _mount_squashfuse(squashfuse: str, image: ImageSource, image_fd: int, target
 def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd: int,
                       fuse_fd: int) -> None:
     try:
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
+        _die_with(parent)
         os.set_inheritable(image_fd, True)
         os.set_inheritable(fuse_fd, True)
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -164,18 +162,36 @@ def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
     if os.path.isdir(rootfs):
         return rootfs
     os.makedirs(base, exist_ok=True)
-    partial = f"{rootfs}.{os.getpid()}.partial"
-    cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial]
-    if image.offset:
-        cmd += ["-o", str(image.offset)]
     import shutil
     import subprocess
 
-    result = subprocess.run(cmd + [f"/proc/self/fd/{image_fd}"], capture_output=True, text=True,
-                            pass_fds=(image_fd,))
-    if result.returncode != 0:
+    # One extraction of an image at a time: concurrent launches wait for it and reuse it
+    # (unlocked, each unpacked its own copy and all but the first failed to rename it). The
+    # lock dies with its holder, so a partial tree found under it is a killed extraction's.
+    with open(f"{rootfs}.lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(rootfs):
+            return rootfs
+        partial = f"{rootfs}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        raise HpcbindError(f"can't extract {image.path}: {result.stderr.strip()[-200:]}",
-                           "install squashfuse and fuse3 so the image can be mounted in place")
-    os.rename(partial, rootfs)
+        cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial]
+        if image.offset:
+            cmd += ["-o", str(image.offset)]
+        parent = os.getpid()
+        result = subprocess.run(cmd + [f"/proc/self/fd/{image_fd}"], capture_output=True,
+                                text=True, pass_fds=(image_fd,),
+                                preexec_fn=lambda: _die_with(parent))
+        if result.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise HpcbindError(f"can't extract {image.path}: {result.stderr.strip()[-200:]}",
+                               "install squashfuse and fuse3 to mount the image in place")
+        os.rename(partial, rootfs)
     return rootfs
+
+
+def _die_with(parent: int) -> None:
+    """In a child of ``parent``: be killed when it dies, as a FUSE server or unsquashfs
+    must not outlive a killed hpcrun."""
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
