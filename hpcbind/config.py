@@ -106,6 +106,9 @@ def _validate(setting: Setting, value, path: str) -> None:
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise HpcbindError(f"setting {setting.key} in {path} must be a {expected.__name__}, "
                            f"got {value!r}", "fix the file")
+    if expected is int and value < 1:  # a tmpfs of size 0 is one without a limit
+        raise HpcbindError(f"setting {setting.key} in {path} must be at least 1, got {value}",
+                           "fix the file")
     if setting.choices and value not in setting.choices:
         raise HpcbindError(f"setting {setting.key} in {path} must be one of "
                            f"{', '.join(setting.choices)}, got {value!r}", "fix the file")

@@ -129,6 +129,16 @@ def test_session_layer_is_private_and_image_unchanged(unprivileged: Unprivileged
     assert sif.read_bytes() == before
 
 
+def test_contained_tmp_is_private_and_writable(unprivileged: Unprivileged):
+    """The busybox image's /tmp and /var/tmp belong to its (unmapped) root, /var/tmp 0755."""
+    name = f"hpcbind-contained-{os.getpid()}"
+    r = unprivileged.run("exec", "--contain", str(unprivileged.busybox_sif), "sh", "-c",
+                         f"echo t > /tmp/{name} && echo v > /var/tmp/{name} && "
+                         f"cat /tmp/{name} /var/tmp/{name} && stat -c %a /tmp /var/tmp")
+    assert (r.returncode, r.stdout) == (0, "t\nv\n1777\n1777\n"), r.stderr
+    assert not Path(f"/tmp/{name}").exists() and not Path(f"/var/tmp/{name}").exists()
+
+
 def test_directory_and_squashfs_images(unprivileged: Unprivileged, busybox_root):
     image = squashfs_of(busybox_root, unprivileged.root / "plain.sqfs")
     r = unprivileged.run("exec", str(image), "busybox", "echo", "squashfs")

@@ -154,6 +154,7 @@ def test_config_defaults_and_sources(tmp_path):
     ("[mount]\ndevv = 'yes'\n", "unknown setting 'mount.devv'"),
     ("[mount]\ndev = 'all'\n", "must be one of yes, minimal"),
     ("[session]\nsize_mb = true\n", "must be a int"),
+    ("[session]\nsize_mb = 0\n", "must be at least 1"),
     ("[bind]\nallow = ['relative']\n", "must list absolute paths"),
     ("[bind\n", "not valid TOML"),
 ])

@@ -34,6 +34,7 @@ from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image
 
 SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
 ENV_SCRIPTS = "/.singularity.d/env"
+SCRATCH_DIRS = ("/tmp", "/var/tmp")
 
 
 class DeviceBind(namedtuple("DeviceBind", "source destination")):
@@ -125,6 +126,7 @@ def _mount_root(spec: ContainerSpec, image_fd: int, lower: str, upper: str, work
                 root: str) -> str:
     how = mount_image(spec.image, image_fd, lower, spec.rootfs)
     _claim_parents(lower, upper, _mount_points(spec))
+    _claim_scratch(spec, lower, upper)
     try:
         linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
                     f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
@@ -132,6 +134,21 @@ def _mount_root(spec: ContainerSpec, image_fd: int, lower: str, upper: str, work
         raise HpcbindError(f"can't create the writable session layer (overlay): {err.strerror}",
                            "hpcrun needs Linux >= 5.11 for overlayfs in a user namespace") from None
     return how
+
+
+def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
+    """/tmp and /var/tmp not bound from the host (--contain, mount.tmp = no) are the image's,
+    owned by a root the user namespace cannot map: nobody could write there. As Apptainer's
+    contained session directories, they become the caller's, sticky and world-writable, in
+    the session layer (so bounded by session.size_mb, and gone with the container)."""
+    bound = {b.destination for b in spec.binds}
+    for path in SCRATCH_DIRS:
+        if path in bound:
+            continue
+        _claim_parents(lower, upper, [f"{path}/entry"])
+        above = os.path.join(upper, os.path.relpath(container_path(lower, path), lower))
+        if os.path.isdir(above):
+            os.chmod(above, 0o1777)
 
 
 def _mount_points(spec: ContainerSpec) -> list[str]:
