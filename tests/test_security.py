@@ -24,7 +24,10 @@ PROGRAMS = {
     "euid": r"""
 #include <stdio.h>
 #include <unistd.h>
-int main(void) { printf("%d %d\n", (int)getuid(), (int)geteuid()); return 0; }
+int main(void) {
+    printf("%d %d %d %d\n", (int)getuid(), (int)geteuid(), (int)getgid(), (int)getegid());
+    return 0;
+}
 """,
     # what file capabilities (cap_setuid, cap_dac_read_search) would give: uid 0, and reading
     # a file only root may read (argv[1])
@@ -74,6 +77,8 @@ int main(int argc, char **argv) {
 """,
 }
 FILE_CAPS = "cap_setuid,cap_dac_read_search+ep"
+# where the hostile image's runscript link climbs to: a host file, absent from the image
+OUTSIDE_RUNSCRIPT = "/var/tmp/hpcbind-outside-runscript"
 
 
 def build_program(name: str, out: Path) -> None:
@@ -113,7 +118,7 @@ def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
                     str(BUSYBOX_SIF)], check=True, capture_output=True)
     for name in ("euid", "caps", "mapper"):
         build_program(name, root / "bin" / name)
-    os.chmod(root / "bin/euid", 0o4755)
+    os.chmod(root / "bin/euid", 0o6755)
     subprocess.run(["setcap", FILE_CAPS, str(root / "bin/caps")], check=True)
     (root / "bin/su").unlink()  # a link to busybox, which must keep its own mode
     shutil.copy(root / "bin/busybox", root / "bin/su")
@@ -124,6 +129,8 @@ def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
     os.mknod(root / "disk", 0o666 | 0o060000, os.makedev(*root_device()))  # S_IFBLK
     os.chmod(root / "disk", 0o666)
     os.symlink("../../../../../../etc", root / "climb")
+    (root / ".singularity.d/runscript").unlink()
+    os.symlink(f"../../../../../..{OUTSIDE_RUNSCRIPT}", root / ".singularity.d/runscript")
     os.symlink("/etc", root / "abs")
     image = unprivileged.root / "hostile.sqfs"
     subprocess.run(["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-all-root",
@@ -151,9 +158,9 @@ def test_setuid_root_binary_runs_without_privilege(unprivileged: Unprivileged, h
                          "ls -l /bin/euid; /bin/euid; grep CapEff /proc/self/status")
     assert r.returncode == 0, r.stderr
     listing, ids, caps = r.stdout.splitlines()
-    assert listing.startswith("-rwsr-xr-x"), "the test image must really carry the setuid bit"
-    uid = unprivileged.uid
-    assert ids.split() == [str(uid), str(uid)]
+    assert listing.startswith("-rwsr-sr-x"), "the test image must carry the setuid/setgid bits"
+    uid, gid = unprivileged.uid, unprivileged.gid
+    assert ids.split() == [str(uid), str(uid), str(gid), str(gid)]
     assert caps.split() == ["CapEff:", "0000000000000000"]
 
 
@@ -324,3 +331,16 @@ def test_inspect_follows_sandbox_links_inside_the_sandbox(unprivileged: Unprivil
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("the sandbox's own") == 2  # runscript and environment
     assert "HOME=" not in r.stdout
+
+
+def test_runscript_linked_out_of_the_image_stays_inside(unprivileged: Unprivileged,
+                                                        hostile_image):
+    host_script = Path(OUTSIDE_RUNSCRIPT)
+    host_script.write_text("#!/bin/sh\necho the host's runscript\n")
+    host_script.chmod(0o755)
+    try:
+        r = unprivileged.run("run", "--contain", str(hostile_image))
+    finally:
+        host_script.unlink()
+    assert "the host's runscript" not in r.stdout
+    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
