@@ -508,8 +508,7 @@ def validate(request: Request, hpcrun: str) -> list[Result]:
         raise HpcbindError(f"{request.launcher!r} is not a launcher hpcrun knows",
                            f"give --launcher one of {', '.join(sorted(LAUNCHER_FAMILIES))}")
     image = locate(request.image)
-    facts = (contents.cached_image_facts(Path(image.path), image.offset) if image.is_squashfs
-             else contents.image_facts(HostRoot(Path(image.path))))
+    facts = contents.located_image_facts(image)
     seen = host_view(HostRoot(), os.environ)
     probe = run_probe(hpcrun, request, probe_sections(request, seen))
     mpi = run_mpi(hpcrun, request, probe, facts.mpi[0].family.value) if facts.mpi else None

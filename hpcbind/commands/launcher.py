@@ -124,10 +124,8 @@ def _preflight(args, line, image) -> None:
 
     from hpcbind.discover import Request, make_plan
     from hpcbind.image import contents
-    from hpcbind.hostroot import HostRoot
 
-    facts = (contents.image_facts(HostRoot(Path(image.path))) if not image.is_squashfs
-             else contents.cached_image_facts(Path(image.path), image.offset))
+    facts = contents.located_image_facts(image)
     mpi_host = container_options.run_options(args, ()).mpi_host
     if args.nv or args.rocm or args.ib or args.device or mpi_host:
         plan = make_plan(Request(nv=args.nv, rocm=args.rocm, ib=args.ib,

@@ -34,6 +34,7 @@ from hpcbind.errors import HpcbindError
 from hpcbind.host.elf import ElfInfo, elf_info, max_version
 from hpcbind.host.ldcache import LdEntry, native_abi, read_ldcache
 from hpcbind.hostroot import HostRoot
+from hpcbind.image.source import ImageSource
 from hpcbind.mpi.abi import MPI_SONAMES, PMIX_SONAMES, MpiLib, PmixLib, find_mpi, find_pmix
 
 LD_SO_CONF = "/etc/ld.so.conf"
@@ -164,6 +165,14 @@ def facts_from_dict(data: dict) -> ImageFacts:
         pmix=PmixLib(**{**data["pmix"], "abi": tuple(data["pmix"]["abi"])}) if data["pmix"] else None,
         ibverbs_defs=tuple(data["ibverbs_defs"]), rocm_version=data["rocm_version"],
         cuda_version=data["cuda_version"])
+
+
+def located_image_facts(image: ImageSource) -> ImageFacts:
+    """The facts of an image ``hpcbind.image.source.locate`` found: a sandbox is read in
+    place, a squashfs (bare or a SIF's partition) through the cache."""
+    if image.is_squashfs:
+        return cached_image_facts(Path(image.path), image.offset)
+    return image_facts(HostRoot(Path(image.path)))
 
 
 def image_facts_from_squashfs(path: Path, offset: int = 0) -> ImageFacts:
