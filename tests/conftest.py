@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SIF_CORPUS = SHARED / "conformance" / "sif"
+DATA = REPO / "tests" / "data"  # the corpora the suite reads (tests/data/README.md)
+SIF_CORPUS = DATA / "sif"
 BUSYBOX_SIF = SIF_CORPUS / "singularityce" / "images" / "busybox_amd64.sif"
 TEST_USER = "hpcbind-test"
 # what hpcrun imports beyond the standard library outside the plain exec path
@@ -34,10 +34,10 @@ HPCRUN = str(Path(sys.executable).with_name("hpcrun"))  # the venv's launcher
 
 
 @pytest.fixture(scope="session")
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"conformance data not found at {SHARED}")
-    return SHARED
+def data() -> Path:
+    if not SIF_CORPUS.is_dir():
+        pytest.fail(f"test data missing at {DATA}: the repository ships it; restore tests/data")
+    return DATA
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Unprivileged:
 
 
 @pytest.fixture(scope="session")
-def unprivileged(shared: Path) -> Iterator[Unprivileged]:
+def unprivileged(data: Path) -> Iterator[Unprivileged]:
     if os.getuid() == 0:
         try:
             user = pwd.getpwnam(TEST_USER)

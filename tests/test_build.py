@@ -33,8 +33,7 @@ from hpcbind.image.build import (
 from hpcbind.image.sif import DataType, FsType, PartType, SifImage
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-IMAGES = SHARED / "conformance" / "sif" / "singularityce" / "images"
+IMAGES = REPO / "tests" / "data" / "sif" / "singularityce" / "images"
 BUSYBOX = IMAGES / "busybox_amd64.sif"
 BUSYBOX_CREATED = 1627931376  # its header's CreatedAt, 2021-08-02 14:09:36 CDT
 

@@ -32,8 +32,7 @@ from hpcbind.host.elf import elf_info
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import CONTAINER_LIBDIR, BindPlan, EnvAction, Status
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-QIB_CAPTURE = SHARED / "conformance/hosts/40intel64-2g2n4c+pcilocality.tar.bz2"
+QIB_CAPTURE = Path(__file__).resolve().parent / "data/hosts/40intel64-2g2n4c+pcilocality.tar.bz2"
 # Where the capture keeps the HCA's PCI function (the class link /sys/class/infiniband/qib0
 # points below it); raw reads from here check what the reader finds through the links.
 QIB_PCI = "sys/devices/pci0000:40/0000:40:03.0/0000:43:00.0"

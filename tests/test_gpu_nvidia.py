@@ -23,8 +23,7 @@ from hpcbind.gpu import nvidia
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import BindPlan, Need, Status
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURE = SHARED / "conformance/hosts/nvidiagpunumanodes.tar.bz2"
+CAPTURE = Path(__file__).resolve().parent / "data/hosts/nvidiagpunumanodes.tar.bz2"
 DRIVER = "550.54.15"
 LIB = "/.hpcbind/lib"
 UUIDS = [nvidia_uuid(bus) for bus in nvidia_bus_ids(8)]

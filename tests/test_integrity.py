@@ -1,4 +1,4 @@
-"""The pieces of SIF signing against sylabs/sif's own goldens (../shared/conformance/sif).
+"""The pieces of SIF signing against sylabs/sif's own goldens (tests/data/sif).
 
 Image metadata and digests are compared byte for byte with ``pkg/integrity/testdata`` (written
 by Go's ``json.Encoder``, hence the final newline the signed message itself does not have),
@@ -36,7 +36,7 @@ from hpcbind.image.integrity import (
 )
 from hpcbind.image.sif import DataType, SifImage
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "sif"
+CORPUS = Path(__file__).resolve().parent / "data" / "sif"
 GOLDEN = CORPUS / "sylabs-sif" / "golden" / "integrity"
 IMAGES = CORPUS / "sylabs-sif" / "images"
 KEYS = CORPUS / "sylabs-sif" / "keys"

@@ -19,7 +19,7 @@ from leftovers import HostState, leftovers
 
 
 @pytest.fixture(scope="module")
-def busybox_root(tmp_path_factory, shared) -> Path:
+def busybox_root(tmp_path_factory, data) -> Path:
     root = tmp_path_factory.mktemp("bbroot") / "root"
     subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", "45056", "-d", str(root),
                     str(BUSYBOX_SIF)], check=True, capture_output=True)
@@ -165,8 +165,8 @@ def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
     assert leftovers(unprivileged.uid, before) == {}
 
 
-def test_errors_are_one_line(unprivileged: Unprivileged, shared):
-    arm = shared / "conformance/sif/singularityce/images/busybox_arm64.sif"
+def test_errors_are_one_line(unprivileged: Unprivileged, data):
+    arm = data / "sif/singularityce/images/busybox_arm64.sif"
     cases = {
         str(unprivileged.root / "missing.sif"): "not found",
         str(unprivileged.launcher): "is not a SIF file",

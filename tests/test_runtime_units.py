@@ -183,7 +183,7 @@ def test_site_policy_refuses_binds(tmp_path, monkeypatch):
 
 # --- image metadata -------------------------------------------------------------------------
 
-def test_locate_and_inspect_the_real_busybox_sif(shared):
+def test_locate_and_inspect_the_real_busybox_sif(data):
     image = locate(str(BUSYBOX_SIF))
     assert (image.kind, image.offset, image.size, image.arch) == (ImageKind.SIF, 45056, 745472,
                                                                  "amd64")
@@ -199,10 +199,10 @@ def test_locate_and_inspect_the_real_busybox_sif(shared):
     assert "org.label-schema.usage.singularity.deffile.from: busybox:1.33.1\n" in out
 
 
-def test_signer_policy_refuses_before_mounting(tmp_path, shared):
+def test_signer_policy_refuses_before_mounting(tmp_path, data):
     from hpcbind.launch import RunOptions, container_spec
 
-    keys = shared / "conformance/sif/sylabs-sif/keys/private.asc"
+    keys = data / "sif/sylabs-sif/keys/private.asc"
     f = tmp_path / "site.toml"
     f.write_text(f'[trust]\nallowed_signers = ["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]\n'
                  f'keyrings = ["{keys}"]\n')

@@ -31,7 +31,7 @@ from hpcbind.image.sif import (
     set_primary_partition,
 )
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "sif"
+CORPUS = Path(__file__).resolve().parent / "data" / "sif"
 BASE = CORPUS / "sylabs-sif" / "images" / "one-group.sif"  # objects 1 @32768+4, 2 @36864+4096
 
 # Byte offsets of the header's int64 fields, and of fields inside a 585-byte descriptor.

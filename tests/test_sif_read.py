@@ -1,4 +1,4 @@
-"""SIF reading and siftool rendering against the reference corpus in ../shared/conformance/sif.
+"""SIF reading and siftool rendering against the reference corpus in tests/data/sif.
 
 Expected values come from MANIFEST.md itself: its image table (section 1) and its whole-image
 golden table (section 4) are parsed, row by row, and every field a row states is checked
@@ -33,7 +33,7 @@ from hpcbind.image.sif import (
     host_arch,
 )
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "sif"
+CORPUS = Path(__file__).resolve().parent / "data" / "sif"
 GOLDEN = CORPUS / "sylabs-sif" / "golden"
 IMAGES = CORPUS / "sylabs-sif" / "images"
 

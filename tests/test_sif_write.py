@@ -51,7 +51,7 @@ from hpcbind.image.sif import (
     set_primary_partition,
 )
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "sif"
+CORPUS = Path(__file__).resolve().parent / "data" / "sif"
 GOLDEN = CORPUS / "sylabs-sif" / "golden" / "pkg-sif"
 INPUT = CORPUS / "sylabs-sif" / "input"
 

@@ -1,4 +1,4 @@
-"""Signing and verifying SIF images, against the signed corpus of ../shared/conformance/sif.
+"""Signing and verifying SIF images, against the signed corpus of tests/data/sif.
 
 Every expectation of MANIFEST section 1a is checked: the PGP, DSSE and legacy images verify
 (or report "signature not found") exactly as sylabs/sif's ``Verifier.Verify`` does, with its
@@ -48,7 +48,7 @@ from hpcbind.image.sif import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "conformance" / "sif"
+CORPUS = REPO / "tests" / "data" / "sif"
 IMAGES = CORPUS / "sylabs-sif" / "images"
 KEYS = CORPUS / "sylabs-sif" / "keys"
 BUSYBOX = sorted((CORPUS / "singularityce" / "images").glob("busybox_*.sif"))

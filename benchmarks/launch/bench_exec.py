@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BUSYBOX_SIF = REPO.parent / "shared/conformance/sif/singularityce/images/busybox_amd64.sif"
+BUSYBOX_SIF = REPO / "tests/data/sif/singularityce/images/busybox_amd64.sif"
 PARTITION_OFFSET = 45056  # of the busybox SIF's squashfs (see its descriptor table)
 
 
