@@ -150,14 +150,16 @@ def stopped_after(unprivileged: Unprivileged, args: tuple[str, ...], log: list[b
 
 
 def test_killed_after_each_step_of_its_set_up(unprivileged: Unprivileged):
-    """From the image mounted (FUSE server serving, overlay on it) to the last bind."""
+    """From the image mounted (FUSE server serving, overlay on it) to the last bind. (The
+    apply log, printed before anything is set up, comes first.)"""
     args = ("exec", "-v", str(unprivileged.busybox_sif), "true")
     reference = unprivileged.run(*args)
     assert reference.returncode == 0, reference.stderr
     log = [line.encode() for line in reference.stderr.splitlines(keepends=True)]
-    assert b"mounted by squashfuse" in log[0] and len(log) > 1
+    mounted = next(i for i, line in enumerate(log) if b"mounted by squashfuse" in line)
+    assert len(log) > mounted + 1
     before = HostState.now(unprivileged.uid)
-    for step, line in enumerate(log):
+    for step, line in enumerate(log[mounted:], mounted):
         with stopped_after(unprivileged, args, log, step) as proc:
             proc.kill()
             assert proc.wait(timeout=10) == -signal.SIGKILL

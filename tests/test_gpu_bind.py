@@ -66,11 +66,7 @@ def test_map_and_none(node_plan):
             binding.parse_policy(bad)
 
 
-def test_local_rank_from_each_launcher_and_numa_of_cpus():
-    assert binding.local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "3",
-                               "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}) == (3, 8)
-    assert binding.local_rank({"SLURM_LOCALID": "1"}) == (1, 0)
-    assert binding.local_rank({"PMI_RANK": "5"}) is None
+def test_numa_of_cpus():
     assert binding.numa_of_cpus({0, 1}, {0: "0-15,32-47", 1: "16-31,48-63"}) == {0}
     assert binding.numa_of_cpus({20, 40}, {0: "0-15,32-47", 1: "16-31,48-63"}) == {0, 1}
 

@@ -166,7 +166,7 @@ def test_bad_config_is_one_error(tmp_path, text, message):
 
 
 def test_site_policy_refuses_binds(tmp_path, monkeypatch):
-    from hpcbind.launch import RunOptions, container_spec
+    from hpcbind.launch import RunOptions, dry_run
 
     f = tmp_path / "site.toml"
     f.write_text(f'[bind]\nallow = ["{tmp_path}"]\ndeny = ["{tmp_path}/secret"]\n')
@@ -174,10 +174,9 @@ def test_site_policy_refuses_binds(tmp_path, monkeypatch):
     cfg = config.load(str(f))
     for source, message in [("/etc", "not allowed"), (f"{tmp_path}/secret", "denied")]:
         with pytest.raises(HpcbindError, match=message):
-            container_spec(RunOptions(image=str(BUSYBOX_SIF), argv=("true",), binds=(source,)),
-                           cfg, {})
-    spec = container_spec(RunOptions(image=str(BUSYBOX_SIF), argv=("true",),
-                                     binds=(str(tmp_path),)), cfg, {})
+            dry_run(RunOptions(image=str(BUSYBOX_SIF), argv=("true",), binds=(source,)), cfg)
+    spec = dry_run(RunOptions(image=str(BUSYBOX_SIF), argv=("true",),
+                              binds=(str(tmp_path),)), cfg).spec
     assert spec.binds[-1].source == str(tmp_path)
 
 
@@ -200,12 +199,12 @@ def test_locate_and_inspect_the_real_busybox_sif(data):
 
 
 def test_signer_policy_refuses_before_mounting(tmp_path, data):
-    from hpcbind.launch import RunOptions, container_spec
+    from hpcbind.launch import RunOptions, dry_run
 
     keys = data / "sif/sylabs-sif/keys/private.asc"
     f = tmp_path / "site.toml"
     f.write_text(f'[trust]\nallowed_signers = ["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]\n'
                  f'keyrings = ["{keys}"]\n')
     with pytest.raises(HpcbindError) as err:
-        container_spec(RunOptions(image=str(BUSYBOX_SIF), argv=("true",)), config.load(str(f)), {})
+        dry_run(RunOptions(image=str(BUSYBOX_SIF), argv=("true",)), config.load(str(f)))
     assert "busybox_amd64.sif" in str(err.value) and "sign" in str(err.value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from hpcbind.launch import RunOptions
+from hpcbind.assemble import RunOptions
 
 # kind: "flag" (store_true), "value" (last wins), "list" (append)
 Option = namedtuple("Option", "flags dest kind metavar help")
@@ -42,7 +42,12 @@ OPTIONS = (
     Option(("--gpu-bind",), "gpu_bind", "value", "closest|none|map:I,J,...",
            "under a launcher, give each local rank its own GPU (and the HCA nearest it): "
            "closest by NUMA locality, or a map of local rank -> GPU"),
-    Option(("-v", "--verbose"), "verbose", "flag", None, "say what is mounted and why"),
+    Option(("-v", "--verbose"), "verbose", "flag", None,
+           "say what is mounted and why, and what was skipped or changed"),
+    Option(("--dry-run",), "dry_run", "flag", None,
+           "show the whole container (every mount with its provider and reason, devices, "
+           "environment, directory, command, the apply log); mount and run nothing"),
+    Option(("--json",), "json", "flag", None, "with --dry-run: as JSON"),
     Option(("--node-session",), "node_session", "value", "KEY",
            "share one container among the processes of this node that give the same KEY "
            "(set by 'hpcrun mpirun|mpiexec|srun'; rarely given by hand)"),
@@ -123,3 +128,20 @@ def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
         exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
         gpu_bind=args.gpu_bind, mpi_host=_mpi_host(args.mpi),
     )
+
+
+def start(args, options: RunOptions) -> int:
+    """Enter the container (never returns), or with --dry-run show it: exit 1 when one of
+    the plan's checks failed, as ``hpcrun plan``."""
+    from hpcbind import config, launch
+
+    if not args.dry_run:
+        launch.run(options, config.load())
+    import sys
+
+    from hpcbind import specview
+
+    assembly = launch.dry_run(options, config.load())
+    render = specview.render_json if args.json else specview.render_text
+    sys.stdout.write(render(assembly))
+    return 1 if any(status == "fail" for status, *_ in assembly.checks) else 0

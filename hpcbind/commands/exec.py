@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hpcbind import config, launch
 from hpcbind.commands import container_options
 from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 from hpcbind.errors import HpcbindError
@@ -16,4 +15,4 @@ def run(args) -> int:
     argv = tuple(args.rest[1:] if args.rest[:1] == ["--"] else args.rest)
     if not argv:
         raise HpcbindError("no command given", "use 'hpcrun exec IMAGE COMMAND [ARGS...]'")
-    launch.run(container_options.run_options(args, argv), config.load())
+    return container_options.start(args, container_options.run_options(args, argv))

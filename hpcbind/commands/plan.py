@@ -100,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
         plan = preview(plan, args.gpu_bind, args.local_ranks)
     sys.stdout.write(_render(args, plan))
+    if args.image is not None and args.sysroot is None and not (args.json or args.cdi or args.diff):
+        from hpcbind import config, launch, specview
+
+        sys.stdout.write(f"\nThe container 'hpcrun exec {args.image}' makes with this plan "
+                         "('hpcrun exec --dry-run' shows it for any options):\n")
+        sys.stdout.write(specview.render_mounts(
+            launch.container_for_plan(str(args.image), plan, config.load())))
     if args.gpu_bind and not (args.json or args.cdi):
         sys.stdout.write(f"\nRank binding (--gpu-bind {args.gpu_bind}):\n" + "".join(
             f"  {f.name}: {f.value}\n" for f in plan.facts if f.provider == "mpi.gpu-bind"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hpcbind import config, launch
 from hpcbind.commands import container_options
 from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 
@@ -17,4 +16,4 @@ def run(args) -> int:
     options = container_options.run_options(
         args, (RUNSCRIPT, *args.rest),
         exec_hint=f"the image has no runscript ({RUNSCRIPT}); use 'hpcrun exec IMAGE COMMAND'")
-    launch.run(options, config.load())
+    return container_options.start(args, options)

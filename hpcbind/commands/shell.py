@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hpcbind import config, launch
 from hpcbind.commands import container_options
 from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
 
@@ -15,4 +14,4 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     argv = ("/bin/sh", "-c", SHELL, "sh", *args.rest)
-    launch.run(container_options.run_options(args, argv), config.load())
+    return container_options.start(args, container_options.run_options(args, argv))

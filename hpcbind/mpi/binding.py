@@ -134,16 +134,6 @@ def choice_env(choice: Choice) -> list[tuple[str, str]]:
     return env
 
 
-def local_rank(env) -> tuple[int, int] | None:
-    """(local rank, local size) from the launcher's variables."""
-    for rank, size in (("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-                       ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
-                       ("MPI_LOCALRANKID", "MPI_LOCALNRANKS")):
-        if env.get(rank, "").isdigit():
-            return int(env[rank]), int(env[size]) if env.get(size, "").isdigit() else 0
-    return None
-
-
 def numa_of_cpus(cpus: set[int], node_cpulists: dict[int, str]) -> set[int]:
     """NUMA nodes holding any of ``cpus`` (cpulists as in /sys/devices/system/node)."""
     return {node for node, text in node_cpulists.items() if cpus & _cpulist(text)}

@@ -21,12 +21,20 @@ REQUIRED = "required"  # missing source: error
 OPTIONAL = "optional"  # missing source: skipped (e.g. /etc/resolv.conf on an offline node)
 
 
-class Bind(namedtuple("Bind", "source destination read_only recursive need reason device",
-                      defaults=(False, True, REQUIRED, "", False))):
+class Bind(namedtuple("Bind", "source destination read_only recursive need reason device "
+                              "noexec provider",
+                      defaults=(False, True, REQUIRED, "", False, False, "user"))):
     """source: host path; destination: container path; recursive: rbind, keeping submounts
-    (/proc, /sys, /dev, $HOME on autofs); device: a bind of device nodes (no nodev)."""
+    (/proc, /sys, /dev, $HOME on autofs); device: a bind of device nodes (no nodev);
+    provider: who asked for it ("runtime", "user", or the plan's provider)."""
 
     __slots__ = ()
+
+
+def mount_options(bind: Bind) -> tuple[str, ...]:
+    """The options the runtime mounts ``bind`` with, as mount(8) spells them."""
+    return ("ro" if bind.read_only else "rw", "rbind" if bind.recursive else "bind", "nosuid",
+            *(() if bind.device else ("nodev",)), *(("noexec",) if bind.noexec else ()))
 
 
 def parse_bind_specs(specs: list[str], cwd: str) -> list[Bind]:

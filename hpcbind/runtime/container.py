@@ -37,8 +37,9 @@ ENV_SCRIPTS = "/.singularity.d/env"
 SCRATCH_DIRS = ("/tmp", "/var/tmp")
 
 
-class DeviceBind(namedtuple("DeviceBind", "source destination")):
-    """A device node: host path, container path."""
+class DeviceBind(namedtuple("DeviceBind", "source destination provider reason",
+                            defaults=("", ""))):
+    """A device node: host path, container path, who asked for it and why."""
 
     __slots__ = ()
 
@@ -55,6 +56,19 @@ class ContainerSpec(namedtuple("ContainerSpec", (
     """
 
     __slots__ = ()
+
+
+def generated_mounts(spec: ContainerSpec) -> list[tuple[str, str, str, str]]:
+    """What ``prepare`` mounts besides the spec's binds, as (source, destination, options,
+    reason): the image and its private writable layer, and the identity files."""
+    how = "squashfs, read-only" if spec.image.is_squashfs else "directory, read-only"
+    return [
+        (spec.image.path, "/", "overlay,nosuid,nodev",
+         f"the image ({how}) under a private writable tmpfs layer of "
+         f"{spec.session_size_mb} MB (session.size_mb)"),
+        ("(generated)", "/etc/passwd", "ro,nosuid,nodev", "the image's users plus you"),
+        ("(generated)", "/etc/group", "ro,nosuid,nodev", "the image's groups plus yours"),
+    ]
 
 
 def enter(spec: ContainerSpec) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
@@ -87,10 +101,11 @@ def prepare(spec: ContainerSpec) -> None:
             _log(spec, f"skipped {bind.source}: missing and optional")
             continue
         _bind(f"/oldroot{source}", new, bind)
-        _log(spec, f"bind {source} -> {bind.destination} ({bind.reason})")
+        _log(spec, f"bind {source} -> {bind.destination} ({bind.provider}: {bind.reason})")
     for dev in spec.devices:
         _bind(f"/oldroot{os.path.realpath(dev.source)}", new,
-              Bind(dev.source, dev.destination, recursive=False, device=True, reason="device"))
+              Bind(dev.source, dev.destination, recursive=False, device=True,
+                   reason=dev.reason or "device"))
     for path, target in spec.links:
         _link(new, path, target)
     if spec.home:  # a contained or image-less home still has to exist to start in
@@ -189,6 +204,7 @@ def _bind(source: str, root: str, bind: Bind) -> None:
         linux.mount(source, target, None, flags)
         remount = (linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID
                    | (0 if bind.device else linux.MS_NODEV)
+                   | (linux.MS_NOEXEC if bind.noexec else 0)
                    | (linux.MS_RDONLY if bind.read_only else 0) | linux.locked_flags(target))
         linux.mount(None, target, None, remount)
     except OSError as err:

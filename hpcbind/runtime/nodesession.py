@@ -45,19 +45,20 @@ def socket_name(key: str) -> bytes:
     return f"\0hpcbind/{os.getuid()}/{key}/{view:x}".encode()
 
 
-def join(key: str, make_spec, make_rank_spec) -> "NoReturn":  # noqa: F821
+def join(key: str, expected: int | None, make_container, make_rank_spec) -> "NoReturn":  # noqa: F821
     """Join (creating if first) the node's container for ``key`` and exec the program.
 
-    ``make_spec()`` computes the whole container spec and the plan's GPUs and HCAs for
-    ``--gpu-bind`` (only the creator calls it);
-    ``make_rank_spec(shared)`` computes this rank's spec from what the holder shares.
+    expected: how many processes of this launch the node runs (None: unknown, the holder
+    lingers after the last one); ``make_container()`` (only the holder calls it) gives the
+    container spec to prepare and what to tell each rank (JSON);
+    ``make_rank_spec(shared)`` gives this rank's spec from what the holder told it.
     """
     from hpcbind.runtime.container import execute
 
     for _ in range(5):  # a holder may be exiting just as we connect: start over
         listener = _try_bind(key)
         if listener is not None:
-            _spawn_holder(listener, make_spec)
+            _spawn_holder(listener, make_container, expected)
         reply = _receive(key)
         if reply is None:
             continue
@@ -83,45 +84,26 @@ def _try_bind(key: str) -> socket.socket | None:
     return listener
 
 
-def local_ranks(env) -> int | None:
-    """How many ranks of this launch run on this node, when the launcher says."""
-    if env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "").isdigit():
-        return int(env["OMPI_COMM_WORLD_LOCAL_SIZE"])
-    if env.get("MPI_LOCALNRANKS", "").isdigit():  # Hydra, when it exports it
-        return int(env["MPI_LOCALNRANKS"])
-    tasks, node = env.get("SLURM_STEP_TASKS_PER_NODE"), env.get("SLURM_NODEID")
-    if tasks and node and node.isdigit():  # "2(x3),1": 2 on each of 3 nodes, then 1
-        counts = []
-        for item in tasks.split(","):
-            count, _, repeat = item.partition("(x")
-            counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
-        if int(node) < len(counts):
-            return counts[int(node)]
-    return None
-
-
-def _spawn_holder(listener: socket.socket, make_spec) -> None:
+def _spawn_holder(listener: socket.socket, make_container, expected: int | None) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _holder(listener, make_spec, local_ranks(os.environ))
+            _holder(listener, make_container, expected)
         finally:
             os._exit(0)
     listener.close()
     # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
 
 
-def _holder(listener: socket.socket, make_spec, expected: int | None) -> None:
+def _holder(listener: socket.socket, make_container, expected: int | None) -> None:
     os.setsid()  # signals aimed at one rank's process group must not take the node down
     try:
         # discovery first: it checks the launcher's descriptors (PMI_FD) as a rank has them
-        spec, devices = make_spec()
+        spec, shared = make_container()
         _keep_only(listener.fileno())
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
-        shared = {"edits": [list(e) for e in spec.env.edits], "home": spec.home,
-                  "devices": devices}
         fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
                os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)]
     except HpcbindError as err:

@@ -1,0 +1,325 @@
+"""The seam between the bind plan and the container: one pure step.
+
+(options, site configuration, located image, plan, the caller's facts) -> a container spec
+and an apply log. The spec holds everything the runtime will do: every mount (the system
+binds every container gets, home, the current directory, /tmp, the user's ``--bind``s and
+the plan's entries), each with its provider and reason; devices; links; the environment;
+the working directory; the command. The apply log says what was skipped or changed on the
+way from the plan and the options to the spec, and why: nothing is dropped silently.
+``hpcrun exec --dry-run`` prints both, ``-v`` prints the log.
+
+Nothing here mounts, forks or reads the host beyond resolving bind sources against the
+site's bind policy: the caller (``hpcbind.launch``) reads the host once into a ``Caller``.
+The per-rank step (``rank_spec``) narrows a node's container to one rank: its own
+environment and directory, and its GPU and HCA for ``--gpu-bind``.
+
+Imported on every rank's path: namedtuples, no dataclasses (they cost each rank ~9 ms).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+from hpcbind.errors import HpcbindError
+from hpcbind.image.source import ImageSource
+from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
+from hpcbind.runtime.container import ContainerSpec, DeviceBind
+from hpcbind.runtime.environment import (ContainerEnv, EnvEdit, container_env, own_values,
+                                         parse_env_assignments, read_env_file)
+from hpcbind.runtime.rootfs import RootfsOptions
+
+RUNTIME = "runtime"  # provider of the entries every container gets
+USER = "user"  # provider of what the user's options asked for
+
+# Binds every container gets (Apptainer's defaults). Each says why it is there.
+SYSTEM_BINDS = (
+    Bind("/proc", "/proc", provider=RUNTIME,
+         reason="processes; MPI and debuggers read /proc/self"),
+    Bind("/sys", "/sys", provider=RUNTIME,
+         reason="devices and topology (hwloc, NUMA, GPU and HCA discovery)"),
+)
+HOST_FILES = (
+    Bind("/etc/hosts", "/etc/hosts", read_only=True, need=OPTIONAL, recursive=False,
+         provider=RUNTIME,
+         reason="host names as on the host (MPI start-up stalls 5 s on a DNS timeout without)"),
+    Bind("/etc/resolv.conf", "/etc/resolv.conf", read_only=True, need=OPTIONAL,
+         recursive=False, provider=RUNTIME, reason="DNS as on the host (mount.hosts)"),
+)
+MINIMAL_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+MINIMAL_DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                     ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"),
+                     ("/dev/ptmx", "pts/ptmx"))
+# cwd is not bound when it is one of these (binding the host's /usr over the image's breaks it)
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt",
+               "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var")
+# Mount options of plan entries the runtime applies as such; nosuid and nodev it applies to
+# every bind anyway (nodev except on device binds), and every plan mount is a bind.
+HONOURED_OPTIONS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "bind", "rbind"})
+
+
+class RunOptions(namedtuple("RunOptions", (
+        "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
+        "ib devices exec_hint verbose node_session gpu_bind mpi_host"),
+        defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
+                  False, "", "", False))):
+    """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
+    node_session: the key shared by the ranks of one launch (one container per node)."""
+
+    __slots__ = ()
+
+    @property
+    def wants_plan(self) -> bool:
+        return bool(self.nv or self.rocm or self.ib or self.devices or self.mpi_host)
+
+
+class Caller(namedtuple("Caller", "env cwd home")):
+    """What the container is assembled for: the caller's environment, current directory and
+    home directory (from the password database), read from the host once by the caller."""
+
+    __slots__ = ()
+
+
+class Assembly(namedtuple("Assembly", "spec log checks")):
+    """spec: the ContainerSpec; log: lines saying what was skipped or changed and why;
+    checks: the plan's checks as (status, name, message, fix), for people."""
+
+    __slots__ = ()
+
+
+def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Caller) -> Assembly:
+    """The whole container: system binds, home, cwd, /tmp, user binds, then the plan."""
+    log: list[str] = []
+    contain = contained(options, config)
+    dev_minimal = contain or config["mount.dev"] == "minimal"
+    home_src, home_dst = _home(options, caller)
+
+    binds, devices, links = _dev_entries(dev_minimal)
+    binds[:0] = SYSTEM_BINDS
+    if config["mount.hosts"]:
+        binds += HOST_FILES
+    else:
+        log.append("/etc/hosts and /etc/resolv.conf: the image's (mount.hosts = no)")
+    binds += _scratch_binds(contain, config, log)
+    binds += _home_binds(options, config, contain, home_src, home_dst, log)
+    binds += _cwd_binds(caller.cwd, contain, binds, log)
+    user_binds = parse_bind_specs(list(options.binds), caller.cwd)
+    enforce_bind_policy(user_binds, config)
+    binds += user_binds
+
+    plan_edits: list[EnvEdit] = []
+    checks: list[tuple[str, str, str, str]] = []
+    if plan is not None:
+        binds += [_plan_bind(m, log) for m in plan.mounts]
+        devices += _plan_devices(plan.devices, dev_minimal, log)
+        links += [(ln.path, ln.target) for ln in plan.links]
+        # EnvAction's values are the runtime's edit names ("set", "prepend", ...)
+        plan_edits = [EnvEdit(str(op.action), op.name, op.value) for op in plan.env]
+        checks = [(str(c.status), c.name, c.message, c.fix) for c in plan.checks]
+    _log_shadowed(binds, log)
+
+    spec = ContainerSpec(
+        image=image,
+        argv=options.argv,
+        env=environment(options, config, caller.env, image, home_dst, plan_edits),
+        cwd=initial_dir(options, config, caller.cwd, home_dst),
+        binds=tuple(binds),
+        devices=tuple(devices),
+        links=tuple(links),
+        home=home_dst,
+        session_size_mb=config["session.size_mb"],
+        rootfs=RootfsOptions(squashfuse=config["image.squashfuse"],
+                             kernel_squashfs=config["image.kernel_squashfs"],
+                             extract_fallback=config["image.extract_fallback"]),
+        new_ipc=options.containall,
+        exec_hint=options.exec_hint,
+        verbose=options.verbose,
+    )
+    return Assembly(spec, tuple(log), tuple(checks))
+
+
+def node_share(assembly: Assembly, gpus_and_hcas) -> dict:
+    """What a node's holder tells each rank (JSON): the container's edits and home, the
+    located image, and the plan's GPUs and HCAs for ``--gpu-bind``."""
+    spec = assembly.spec
+    return {"edits": [list(e) for e in spec.env.edits], "home": spec.home,
+            "image": list(spec.image), "devices": gpus_and_hcas}
+
+
+def rank_spec(options: RunOptions, config, caller: Caller, shared: dict, where,
+              rank_numa) -> ContainerSpec:
+    """A rank joining its node's container: its own environment and directory, the node's
+    edits (user settings and plan, computed once by the holder), its own GPU and HCA.
+
+    where: its ``rankenv.Place`` (None outside a launcher); rank_numa: a function giving the
+    NUMA nodes of its CPUs, called only for ``--gpu-bind``.
+    """
+    image = ImageSource(*shared["image"])
+    home = shared["home"]
+    base = environment(options, config, caller.env, image, home, [])
+    edits = tuple(EnvEdit(*e) for e in shared["edits"])
+    edits += rank_binding(options, shared.get("devices"), where, rank_numa)
+    env = ContainerEnv(base.base, edits, own_values(edits, caller.env))
+    return ContainerSpec(image=image, argv=options.argv, env=env,
+                         cwd=initial_dir(options, config, caller.cwd, home), home=home,
+                         exec_hint=options.exec_hint, verbose=options.verbose)
+
+
+def rank_binding(options: RunOptions, devices, where, rank_numa) -> tuple[EnvEdit, ...]:
+    """``--gpu-bind``: the variables narrowing this rank to its own GPU and HCA."""
+    if not options.gpu_bind or options.gpu_bind == "none" or not devices or where is None \
+            or where.local_rank is None:
+        return ()
+    from hpcbind.mpi import binding
+
+    gpus = [binding.Gpu(*g) for g in devices[0]]
+    hcas = [binding.Hca(*h) for h in devices[1]]
+    choice = binding.choose(binding.parse_policy(options.gpu_bind), where.local_rank,
+                            where.local_size or 0, gpus, hcas, rank_numa())
+    variables = binding.choice_env(choice)
+    if options.verbose:
+        os.write(2, f"hpcrun: gpu-bind {choice.reason}: {variables}\n".encode())
+    return tuple(EnvEdit("set", k, v) for k, v in variables)
+
+
+def contained(options: RunOptions, config) -> bool:
+    return options.contain or options.containall or config["defaults.contain"]
+
+
+def initial_dir(options: RunOptions, config, cwd: str, home: str) -> str:
+    return options.pwd or (home if contained(options, config) else cwd)
+
+
+def environment(options: RunOptions, config, host_env: dict[str, str], image: ImageSource,
+                home: str, plan_edits: list[EnvEdit]) -> ContainerEnv:
+    user_env = [pair for item in options.env
+                for pair in parse_env_assignments(item.split(","), "--env")]
+    for path in options.env_files:
+        user_env += read_env_file(path)
+    cleanenv = options.cleanenv or options.containall or config["defaults.cleanenv"]
+    return container_env(host_env, home=home, cleanenv=cleanenv, user_env=user_env,
+                         runtime_vars=_runtime_vars(image), plan_edits=plan_edits)
+
+
+def enforce_bind_policy(binds: list[Bind], config) -> None:
+    allow, deny = config["bind.allow"], config["bind.deny"]
+    for bind in binds:
+        real = os.path.realpath(bind.source)
+        if any(_under(real, d) for d in deny):
+            raise HpcbindError(f"binding {bind.source} is denied by the site configuration "
+                               f"(bind.deny)", "bind another path or ask the site admin")
+        if allow and not any(_under(real, a) for a in allow):
+            raise HpcbindError(f"binding {bind.source} is not allowed by the site configuration "
+                               f"(bind.allow = {', '.join(allow)})",
+                               "bind a path under an allowed prefix")
+
+
+def _dev_entries(minimal: bool) -> tuple[list[Bind], list[DeviceBind], list[tuple[str, str]]]:
+    if not minimal:
+        return [Bind("/dev", "/dev", device=True, provider=RUNTIME,
+                     reason="host devices (mount.dev = yes)")], [], []
+    devices = [DeviceBind(f"/dev/{n}", f"/dev/{n}", RUNTIME, "minimal /dev")
+               for n in MINIMAL_DEV_NODES]
+    binds = [Bind("/dev/pts", "/dev/pts", device=True, provider=RUNTIME, reason="terminals"),
+             Bind("/dev/shm", "/dev/shm", provider=RUNTIME,
+                  reason="POSIX shared memory (MPI intra-node)")]
+    return binds, devices, list(MINIMAL_DEV_LINKS)
+
+
+def _scratch_binds(contain: bool, config, log: list[str]) -> list[Bind]:
+    if contain or not config["mount.tmp"]:
+        why = "--contain" if contain else "mount.tmp = no"
+        log.append(f"/tmp and /var/tmp: the image's, private and writable ({why})")
+        return []
+    return [Bind("/tmp", "/tmp", provider=RUNTIME, reason="host /tmp (mount.tmp)"),
+            Bind("/var/tmp", "/var/tmp", need=OPTIONAL, provider=RUNTIME,
+                 reason="host /var/tmp (mount.tmp)")]
+
+
+def _home_binds(options: RunOptions, config, contain: bool, src: str, dst: str,
+                log: list[str]) -> list[Bind]:
+    why = ("--no-home" if options.no_home else "mount.home = no" if not config["mount.home"]
+           else "--contain without --home" if contain and not options.home
+           else "no home directory" if not src else "")
+    if why:
+        log.append(f"home {src or '?'}: not bound ({why}); {dst} is an empty directory")
+        return []
+    return [Bind(src, dst, provider=USER if options.home else RUNTIME,
+                 reason="--home" if options.home else "home directory")]
+
+
+def _cwd_binds(cwd: str, contain: bool, binds: list[Bind], log: list[str]) -> list[Bind]:
+    if contain:
+        log.append(f"current directory {cwd}: not bound (--contain)")
+        return []
+    if cwd in SYSTEM_DIRS or any(cwd.startswith(d + "/") for d in ("/proc", "/sys", "/dev")):
+        log.append(f"current directory {cwd}: not bound (a system directory; the image's is "
+                   "used)")
+        return []
+    covering = next((b for b in binds if b.destination != "/" and
+                     (cwd == b.destination or cwd.startswith(b.destination.rstrip("/") + "/"))),
+                    None)
+    if covering is not None:
+        log.append(f"current directory {cwd}: not bound again (inside {covering.destination}, "
+                   f"{covering.reason})")
+        return []
+    return [Bind(cwd, cwd, provider=RUNTIME, reason="current directory")]
+
+
+def _plan_bind(mount, log: list[str]) -> Bind:
+    options = mount.options
+    ignored = [o for o in options if o not in HONOURED_OPTIONS]
+    if ignored:
+        log.append(f"{mount.destination} ({mount.provider}): mount option(s) "
+                   f"{','.join(ignored)} not applied (a bind takes ro/rw, noexec, nosuid, "
+                   "nodev)")
+    return Bind(mount.source, mount.destination, read_only="ro" in options,
+                recursive="rbind" in options, need=str(mount.need),
+                noexec="noexec" in options, provider=mount.provider,
+                reason=f"{mount.rule}: {mount.reason}" if mount.reason else mount.rule)
+
+
+def _plan_devices(devices, dev_minimal: bool, log: list[str]) -> list[DeviceBind]:
+    """Device nodes to bind one by one. With the host's /dev bound whole, a node at its host
+    path is already there: logged, not bound twice."""
+    kept = []
+    for d in devices:
+        if not dev_minimal and d.source == d.path and d.path.startswith("/dev/"):
+            log.append(f"device {d.path} ({d.provider}): not bound by itself, the host's /dev "
+                       "is (mount.dev = yes)")
+            continue
+        kept.append(DeviceBind(d.source, d.path, d.provider, f"{d.rule}: {d.reason}"
+                               if d.reason else d.rule))
+    return kept
+
+
+def _log_shadowed(binds: list[Bind], log: list[str]) -> None:
+    """A later bind onto the same destination hides the earlier one (mounted over it)."""
+    last = {b.destination: i for i, b in enumerate(binds)}
+    for i, b in enumerate(binds):
+        if last[b.destination] != i:
+            later = binds[last[b.destination]]
+            log.append(f"{b.destination}: {b.source} ({b.provider}) is hidden by "
+                       f"{later.source} ({later.provider}, {later.reason})")
+
+
+def _home(options: RunOptions, caller: Caller) -> tuple[str, str]:
+    """(host source, container path) of the home directory."""
+    if options.home:
+        src, _, dst = options.home.partition(":")
+        src = os.path.normpath(os.path.join(caller.cwd, src))
+        return src, dst or src
+    return caller.home, caller.home
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _runtime_vars(image: ImageSource) -> dict[str, str]:
+    # Images built by Apptainer/Singularity read these in their env scripts and runscripts
+    name = os.path.basename(image.path)
+    return {"HPCBIND_CONTAINER": image.path, "APPTAINER_CONTAINER": image.path,
+            "SINGULARITY_CONTAINER": image.path, "APPTAINER_NAME": name,
+            "SINGULARITY_NAME": name}

@@ -1,0 +1,67 @@
+"""Where this process stands in an MPI launch, read from the launcher's variables alone.
+
+The one place that knows how Open MPI, MPICH's Hydra, Slurm's ``srun`` and PMIx servers tell
+a rank who it is: whether it is a rank at all, its local rank, and how many ranks of the
+launch run on its node. The node session is told the local count as a number (the runtime
+knows nothing of MPI); ``--gpu-bind`` reads the local rank.
+
+Imported on every rank's path: the standard library's ``collections`` only.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Mapping
+
+# Any launcher sets one of these in every rank's environment; a plain shell has none.
+RANK_MARKERS = ("PMIX_RANK", "PMI_FD", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID")
+
+
+class Place(namedtuple("Place", "launcher local_rank local_size")):
+    """launcher: "openmpi", "hydra", "slurm" or "pmix"; local_size None where the launcher
+    does not say (Hydra without MPI_LOCALNRANKS, a bare PMIx server)."""
+
+    __slots__ = ()
+
+
+def under_launcher(env: Mapping[str, str]) -> bool:
+    return any(name in env for name in RANK_MARKERS)
+
+
+def place(env: Mapping[str, str]) -> Place | None:
+    """This rank's place on its node, or None when no launcher started it.
+
+    Open MPI is asked first and Hydra second: both may run inside a Slurm allocation, whose
+    SLURM_* variables their ranks then inherit without being srun's tasks.
+    """
+    if _number(env, "OMPI_COMM_WORLD_LOCAL_RANK") is not None:
+        return Place("openmpi", _number(env, "OMPI_COMM_WORLD_LOCAL_RANK"),
+                     _number(env, "OMPI_COMM_WORLD_LOCAL_SIZE"))
+    if "PMI_RANK" in env and ("PMI_FD" in env or "MPI_LOCALRANKID" in env):
+        return Place("hydra", _number(env, "MPI_LOCALRANKID"), _number(env, "MPI_LOCALNRANKS"))
+    if "SLURM_STEP_ID" in env and _number(env, "SLURM_LOCALID") is not None:
+        return Place("slurm", _number(env, "SLURM_LOCALID"), slurm_tasks_on_node(env))
+    if "PMIX_RANK" in env:
+        return Place("pmix", None, None)
+    return None
+
+
+def slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:
+    """The step's tasks on this node: SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on each of
+    three nodes, then 1) at this node's index. Not SLURM_NTASKS_PER_NODE, which only
+    ``--ntasks-per-node`` sets, nor SLURM_NTASKS, the whole step's count."""
+    tasks, node = env.get("SLURM_STEP_TASKS_PER_NODE"), _number(env, "SLURM_NODEID")
+    if not tasks or node is None:
+        return None
+    counts: list[int] = []
+    for item in tasks.split(","):
+        count, _, repeat = item.partition("(x")
+        if not count.isdigit() or not repeat.rstrip(")").isdigit() and repeat:
+            return None
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts[node] if node < len(counts) else None
+
+
+def _number(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "")
+    return int(value) if value.isdigit() else None
