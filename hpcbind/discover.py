@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from hpcbind.errors import HpcbindError
 from hpcbind.hostroot import HostRoot
+from hpcbind.mpi.rankenv import under_launcher
 from hpcbind.plan import BindPlan, Check, PlanPart, Status
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ MPI_HOST = Provider("mpi.host", "hpcbind.mpi.host")
 PROVIDER_FAILED = "{provider} could not read the host: {error} ({path})"
 PROVIDER_FAILED_FIX = ("check that the path is readable; if it is, capture the host with "
                        "'hpcrun plan --capture host.tar.gz' and report the bug with it")
-SQUASHFS_MAGIC = b"hsqs"
 PLAN_FIX = "give a file written by 'hpcrun plan --json'"
 
 
@@ -69,12 +69,6 @@ class Request:
                 *(f"device:{d}" for d in self.devices), *(("mpi:host",) if self.mpi_host else ()))
 
 
-def under_launcher(env: Mapping[str, str]) -> bool:
-    from hpcbind.mpi.host import Launcher, detect_launcher
-
-    return detect_launcher(env) is not Launcher.NONE
-
-
 def run_provider(provider: Provider, host: HostRoot, env: Mapping[str, str]) -> PlanPart:
     try:
         return provider.discover(host, env)
@@ -93,24 +87,12 @@ def _host_path(host: HostRoot, filename: object) -> str:
 
 
 def read_image_facts(image: Path) -> ImageFacts:
-    """What preflight needs to know of an image: a sandbox directory, a squashfs, or a SIF."""
+    """What preflight needs to know of an image: a sandbox directory, a squashfs, or a SIF
+    (of any architecture: the plan's architecture check says whether it can run here)."""
     from hpcbind.image import contents
+    from hpcbind.image.source import locate
 
-    if image.is_dir():
-        return contents.image_facts(HostRoot(image))
-    try:
-        with image.open("rb") as f:
-            magic = f.read(len(SQUASHFS_MAGIC))
-    except OSError as err:
-        raise HpcbindError(f"can't read image {image}: {err.strerror}",
-                           "give a SIF file, a squashfs file or a sandbox directory") from None
-    if magic == SQUASHFS_MAGIC:
-        return contents.cached_image_facts(image)
-    from hpcbind.image.sif import SifImage
-
-    with SifImage.open(image) as sif:
-        offset = sif.primary_partition().offset
-    return contents.cached_image_facts(image, offset)
+    return contents.located_image_facts(locate(str(image), check_arch=False))
 
 
 def make_plan(request: Request, host: HostRoot = HostRoot(), env: Mapping[str, str] = os.environ,

@@ -20,7 +20,8 @@ import pytest
 from conftest import BUSYBOX_SIF, SIF_CORPUS
 from hpcbind.errors import HpcbindError
 from hpcbind.hostroot import HostRoot
-from hpcbind.image.contents import ImageFacts, image_facts, image_facts_from_squashfs, library_dirs
+from hpcbind.host.loader import library_dirs
+from hpcbind.image.contents import ImageFacts, image_facts, image_facts_from_squashfs
 from hpcbind.mpi.abi import mpi_lib, pmix_lib
 
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"

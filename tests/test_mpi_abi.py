@@ -16,7 +16,7 @@ import pytest
 from hpcbind.errors import HpcbindError
 from hpcbind.host.elf import elf_info
 from hpcbind.hostroot import HostRoot
-from hpcbind.image.contents import shipped_libraries
+from hpcbind.host.loader import shipped_libraries
 from hpcbind.mpi.abi import Family, MpiLib, find_mpi, find_pmix, mpi_abi_check, mpi_lib, pmix_lib
 from hpcbind.plan import Status
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from hpcbind.fabric import verbs
 from hpcbind.host import libbind
+from hpcbind.host.conventions import natural_sorted
+from hpcbind.host.sysfs import dev_numbers, link_name, read_int
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, Device, EnvAction, EnvOp, Fact, PlanPart, Rejected, Status
 
@@ -48,7 +50,7 @@ class CxiDevice:
 
 def read_cxi_devices(host: HostRoot) -> tuple[CxiDevice, ...]:
     names = set(host.listdir(SYS_CXI)) | set(host.listdir(SYS_CXI_USER))
-    return tuple(_read(host, name) for name in verbs.natural_sorted(names))
+    return tuple(_read(host, name) for name in natural_sorted(names))
 
 
 def _read(host: HostRoot, name: str) -> CxiDevice:
@@ -59,16 +61,16 @@ def _read(host: HostRoot, name: str) -> CxiDevice:
     link = host.read_value(f"{pci}/properties/link")
     return CxiDevice(
         name=name,
-        numbers=verbs.dev_numbers(host, user),
-        pci=verbs.link_name(host, pci),
-        driver=verbs.link_name(host, f"{pci}/driver"),
-        numa_node=verbs.read_int(host, f"{pci}/numa_node", -1),
+        numbers=dev_numbers(host, user),
+        pci=link_name(host, pci),
+        driver=link_name(host, f"{pci}/driver"),
+        numa_node=read_int(host, f"{pci}/numa_node", -1),
         local_cpulist=host.read_value(f"{pci}/local_cpulist") or "",
         nid=host.read_value(f"{pci}/properties/nid") or "",
         link_up=None if link is None else link == "1",
         speed=host.read_value(f"{pci}/properties/speed") or "",
         cassini_version=host.read_value(f"{pci}/properties/cassini_version") or "",
-        netdevs=tuple(verbs.natural_sorted(host.listdir(f"{pci}/net"))),
+        netdevs=tuple(natural_sorted(host.listdir(f"{pci}/net"))),
     )
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from hpcbind.fabric import verbs
 from hpcbind.host import libbind
+from hpcbind.host.conventions import natural_sorted
+from hpcbind.host.sysfs import dev_numbers
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, Device, EnvAction, EnvOp, Fact, PlanPart, Rejected, Status
 
@@ -42,8 +44,8 @@ class HfiDevice:
 
 def read_hfi_devices(host: HostRoot) -> tuple[HfiDevice, ...]:
     found = []
-    for name in verbs.natural_sorted(host.listdir(SYS_HFI_USER)):
-        numbers = verbs.dev_numbers(host, f"{SYS_HFI_USER}/{name}")
+    for name in natural_sorted(host.listdir(SYS_HFI_USER)):
+        numbers = dev_numbers(host, f"{SYS_HFI_USER}/{name}")
         if numbers:
             found.append(HfiDevice(name, *numbers))
     return tuple(found)
@@ -53,7 +55,7 @@ def discover(host: HostRoot, env: Mapping[str, str], loader: libbind.Loader) -> 
     """Plan entries for the host's Omni-Path adapters; empty when it has none."""
     hfis = read_hfi_devices(host)
     adapters = {name: verbs.read_device(host, name)
-                for name in verbs.natural_sorted(host.listdir(verbs.SYS_IB))
+                for name in natural_sorted(host.listdir(verbs.SYS_IB))
                 if name.startswith("hfi1_")}
     if not hfis and not adapters:
         return PlanPart()

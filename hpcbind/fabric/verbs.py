@@ -28,7 +28,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hpcbind.host.conventions import natural_sorted
 from hpcbind.host.elf import ElfInfo, max_version
+from hpcbind.host.sysfs import dev_numbers, link_name, read_int
 from hpcbind.host.libbind import LibRequest, Loader, library_elf, library_part, plugin_dir_part
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import (
@@ -108,7 +110,6 @@ LIBFABRIC = "libfabric.so.1"
 
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _ZERO_INTERFACE = ":0000:0000:0000:0000"  # an unassigned slot: zeros, or the bare fe80:: prefix
-_DIGITS = re.compile(r"(\d+)")
 
 
 # --- what sysfs says --------------------------------------------------------------------------
@@ -272,18 +273,6 @@ def _char_device(host: HostRoot, path: str, name: str) -> CharDevice | None:
     if numbers is None:
         return None
     return CharDevice(name, *numbers, port=read_int(host, f"{path}/port", 0))
-
-
-def dev_numbers(host: HostRoot, path: str) -> tuple[int, int] | None:
-    """major:minor from a class device's ``dev`` file, else from MAJOR=/MINOR= in ``uevent``."""
-    major, _, minor = (host.read_value(f"{path}/dev") or "").partition(":")
-    if major.isdigit() and minor.isdigit():
-        return int(major), int(minor)
-    lines = (host.read_text(f"{path}/uevent") or "").splitlines()
-    uevent = dict(line.partition("=")[::2] for line in lines)
-    if uevent.get("MAJOR", "").isdigit() and uevent.get("MINOR", "").isdigit():
-        return int(uevent["MAJOR"]), int(uevent["MINOR"])
-    return None
 
 
 def _merge_nodes(*groups: tuple[CharDevice, ...]) -> tuple[CharDevice, ...]:
@@ -678,22 +667,3 @@ def cross_check_udev(host: HostRoot, subsystems: Sequence[str] = ("infiniband", 
 def _after_colon(text: str) -> str:
     """"4: ACTIVE" -> "ACTIVE" (sysfs prints the IBA number and the name)."""
     return text.partition(": ")[2] or text
-
-
-def link_name(host: HostRoot, path: str) -> str:
-    """The last name of a sysfs link's target ("0000:43:00.0", "mlx5_core"); "" when ``path``
-    is no link (resolve() then leaves its own name in place)."""
-    target = posixpath.basename(host.resolve(path))
-    return "" if target == posixpath.basename(path) else target
-
-
-def read_int(host: HostRoot, path: str, default: int) -> int:
-    text = host.read_value(path)
-    try:
-        return int(text) if text is not None else default
-    except ValueError:
-        return default
-
-
-def natural_sorted(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in _DIGITS.split(n)])

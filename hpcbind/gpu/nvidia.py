@@ -23,14 +23,16 @@ Where it goes beyond the peers (reference/gpu-passthrough.md):
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from hpcbind.gpu.common import container_indices
 from hpcbind.host.elf import ElfInfo, elf_info
+from hpcbind.host.libbind import binary_mount, find_binary, library_base, library_entries
+from hpcbind.host.sysfs import char_majors, normal_bus_id, parse_int, pci_numa_node
 from hpcbind.host.ldcache import LdEntry, native_abi, read_ldcache
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import (
@@ -45,7 +47,6 @@ from hpcbind.plan import (
     Mount,
     Need,
     PlanPart,
-    Provenance,
     Rejected,
     Status,
 )
@@ -59,7 +60,6 @@ NV_MAJOR = 195  # NV_MAJOR_DEVICE_NUMBER (nv-chardev-numbers.h): compiled into t
 NV_CTL_MINOR = 255
 NV_MODESET_MINOR = 254
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
 
 # --- NVIDIA_DRIVER_CAPABILITIES (libnvidia-container options.h) ---------------------------
@@ -139,7 +139,6 @@ SOCKETS = (
 UVM_FIX = "ask the administrator to load it at boot: 'nvidia-modprobe -u -c=0' or 'modprobe nvidia-uvm'"
 
 _VERSION_LINE = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\s")
-_BUS_ID = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$")
 _MAYBE_NVIDIA = re.compile(r"nv|cuda", re.IGNORECASE)
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-f-]+)/(\d+)/(\d+)$")
 
@@ -221,32 +220,8 @@ def parse_information(text: str) -> dict[str, str]:
     return fields
 
 
-def normal_bus_id(text: str) -> str | None:
-    """"0000:07:00.0" from any spelling nvidia-smi, CUDA or sysfs use ("00000000:07:00.0")."""
-    found = _BUS_ID.match(text.strip().lower())
-    if not found:
-        return None
-    domain, bus, device, function = (int(p or "0", 16) for p in found.groups())
-    return f"{domain:04x}:{bus:02x}:{device:02x}.{function:x}"
-
-
 def _bus_key(bus: str) -> tuple[int, ...]:
     return tuple(int(p, 16) for p in re.split(r"[:.]", bus))
-
-
-def pci_numa_node(host: HostRoot, bus: str) -> int | None:
-    """The device's NUMA node: sysfs ``numa_node``, else the node whose cpumap equals the
-    device's ``local_cpus`` (what hwloc does on kernels without numa_node)."""
-    node = parse_int(host.read_value(f"/sys/bus/pci/devices/{bus}/numa_node"))
-    if node is not None:
-        return node if node >= 0 else None
-    local = host.read_value(f"/sys/bus/pci/devices/{bus}/local_cpus")
-    if not local:
-        return None
-    for name in host.listdir("/sys/devices/system/node"):
-        if name.startswith("node") and host.read_value(f"/sys/devices/system/node/{name}/cpumap") == local:
-            return int(name[4:])
-    return None
 
 
 def mig_minors(host: HostRoot) -> dict[str, int]:
@@ -274,27 +249,6 @@ def _mig_instances(host: HostRoot, minor: int, minors: Mapping[str, int]) -> tup
                 instances.append(MigInstance(gi, ci, minors.get(f"gpu{minor}/gi{gi}/access"),
                                              minors.get(f"gpu{minor}/gi{gi}/ci{ci}/access")))
     return tuple(sorted(instances, key=lambda m: (m.gi, m.ci)))
-
-
-def char_majors(host: HostRoot) -> dict[str, int]:
-    """Character device majors by name from /proc/devices (several names may share one)."""
-    majors, in_chars = {}, False
-    for line in (host.read_text("/proc/devices") or "").splitlines():
-        if line.endswith(":"):
-            in_chars = line == "Character devices:"
-            continue
-        number, _, name = line.strip().partition(" ")
-        if in_chars and number.isdigit() and name:
-            majors.setdefault(name.strip(), int(number))
-    return majors
-
-
-def parse_int(text: str | None) -> int | None:
-    """A decimal sysfs/procfs value, or None when it is missing or not a number."""
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 # --- what the user asked for ------------------------------------------------------------------
@@ -370,15 +324,6 @@ def select(gpus: tuple[NvidiaGpu, ...], env: Mapping[str, str]) -> Selection:
     tokens = tuple(dict.fromkeys(token or str(rank) for (_, token), rank in zip(order, renumbered)))
     return Selection(source, value, "gpus", tuple(chosen.values()),
                      {i: tuple(v) for i, v in parts.items() if i not in whole}, tokens, tuple(errors))
-
-
-def container_indices(host_indices: Sequence[int]) -> tuple[int, ...]:
-    """Each host GPU number's place among the GPUs the container gets: 3,1,5 -> 1,0,2.
-
-    The container sees only its GPUs, numbered from 0 in host order (as Sarus renumbers).
-    """
-    ranks = {index: rank for rank, index in enumerate(sorted(set(host_indices)))}
-    return tuple(ranks[i] for i in host_indices)
 
 
 def resolve(token: str, gpus: tuple[NvidiaGpu, ...], number: str) -> tuple[NvidiaGpu, MigInstance | None] | str:
@@ -475,11 +420,6 @@ class _Candidate:
         return library_base(self.entry.soname)
 
 
-def library_base(soname: str) -> str:
-    """"libcuda" of "libcuda.so.1": the name libnvidia-container's lists match."""
-    return soname.split(".so", 1)[0]
-
-
 def _libraries(host: HostRoot, entries: tuple[LdEntry, ...], native: tuple[str, str] | None,
                version: str, caps: frozenset[str], env: Mapping[str, str]) -> PlanPart:
     part = PlanPart()
@@ -569,51 +509,7 @@ def _reason(cand: _Candidate, version: str) -> str:
     return f"{cand.capability} library of driver {version}"
 
 
-def library_entries(realpath: str, libdir: str, info: ElfInfo, soname: str, provider: str,
-                    rule: str, reason: str, version: str) -> PlanPart:
-    """The mount of one host library into ``libdir`` and its soname link."""
-    filename = posixpath.basename(realpath)
-    mount = Mount(
-        source=realpath, destination=f"{libdir}/{filename}", kind="lib", provider=provider,
-        rule=rule, reason=reason,
-        provenance=Provenance(realpath=realpath, soname=soname, elf_class=info.elf_class,
-                              machine=info.machine, needs=info.needs, version=version),
-    )
-    links = [Link(f"{libdir}/{soname}", filename, provider, "soname link, as ldconfig makes it")] \
-        if soname and soname != filename else []
-    return PlanPart(mounts=[mount], links=links)
-
-
 # --- binaries, configuration, firmware, IPC ---
-
-
-def find_binary(host: HostRoot, name: str, env: Mapping[str, str]) -> str | None:
-    """``name`` in the host's PATH directories, under the root; host path or None."""
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
-        if not directory.startswith("/"):
-            continue  # relative PATH entries mean the caller's cwd, not the host
-        path = host.resolve(f"{directory}/{name}")
-        real = host.real(path)
-        if real.is_file() and os.access(real, os.X_OK):
-            return path
-    return None
-
-
-def binary_mount(host: HostRoot, path: str, name: str, provider: str, rule: str, reason: str,
-                 native: tuple[str, str] | None) -> Mount | Rejected:
-    """Host tool ``path`` bound into the container's private bin dir as ``name`` (its link
-    may resolve to another name: Debian's alternatives), or why it is not."""
-    info = elf_info(host.real(path))
-    if info is None:
-        # a script needs its interpreter and its own files from the host (rocm-smi is Python)
-        return Rejected(path, provider, "not an ELF executable: a script would run without "
-                                        "the host files it needs; use the image's own")
-    if native and (info.elf_class, info.machine) != native:
-        return Rejected(path, provider, f"{info.elf_class} {info.machine} does not match the "
-                                        f"host's {native[0]} {native[1]}")
-    return Mount(path, f"{CONTAINER_BINDIR}/{name}", "bin", provider, rule,
-                 reason, provenance=Provenance(realpath=path, elf_class=info.elf_class,
-                                               machine=info.machine, needs=info.needs))
 
 
 def _binaries(host: HostRoot, native: tuple[str, str] | None, caps: frozenset[str],

@@ -25,18 +25,10 @@ from dataclasses import dataclass
 from hpcbind.host.elf import ElfInfo, elf_info
 from hpcbind.host.ldcache import LdEntry, native_abi, read_ldcache
 from hpcbind.hostroot import HostRoot
-from hpcbind.gpu.nvidia import (
-    DEFAULT_PATH,
-    binary_mount,
-    char_majors,
-    container_indices,
-    find_binary,
-    library_base,
-    library_entries,
-    normal_bus_id,
-    parse_int,
-    pci_numa_node,
-)
+from hpcbind.gpu.common import container_indices
+from hpcbind.host.conventions import DEFAULT_PATH
+from hpcbind.host.libbind import binary_mount, find_binary, library_base, library_entries
+from hpcbind.host.sysfs import char_majors, normal_bus_id, parse_int, pci_numa_node
 from hpcbind.plan import (
     CONTAINER_BINDIR,
     CONTAINER_LIBDIR,

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import stat
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from hpcbind.host.conventions import natural_key
 
 # e_ident[EI_CLASS] and e_ident[EI_DATA] (elf.h)
 _CLASSES = {1: "ELFCLASS32", 2: "ELFCLASS64"}
@@ -69,7 +70,6 @@ _VERNEED_SIZE, _VERDEF_SIZE = 16, 8
 # tables and the strings they name sit in a handful of them.
 _PAGE = 4096
 
-_TOKEN = re.compile(r"\d+|[^\W\d_]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,12 +456,5 @@ def _numeric(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
 
 
-def _natural_key(name: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
-    # GLIBC_2.9 before GLIBC_2.10 before GLIBC_PRIVATE before GLIBCXX_3.4: words and numbers
-    # compare as such, separators not at all (the name itself breaks ties)
-    tokens = tuple((0, int(t)) if t.isdigit() else (1, t) for t in _TOKEN.findall(name))
-    return tokens, name
-
-
 def _sorted_versions(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(names), key=_natural_key))
+    return tuple(sorted(set(names), key=natural_key))

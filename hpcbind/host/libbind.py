@@ -8,16 +8,18 @@ CXI, PSM2) and by ``--mpi=host``.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from hpcbind.host.conventions import DEFAULT_PATH
 from hpcbind.host.elf import ElfInfo, elf_info
 from hpcbind.host.ldcache import native_abi, read_ldcache
 from hpcbind.hostroot import HostRoot
-from hpcbind.plan import (CONTAINER_LIBDIR, Check, EnvAction, EnvOp, Link, Mount, PlanPart,
-                          Provenance, Rejected, Status)
+from hpcbind.plan import (CONTAINER_BINDIR, CONTAINER_LIBDIR, Check, EnvAction, EnvOp, Link, Mount,
+                          PlanPart, Provenance, Rejected, Status)
 
 # What the container must take from its own image, never from the host: the C library and its
 # loader (a host libc under the image's ld.so, or the reverse, fails at start-up; the glibc
@@ -158,3 +160,52 @@ def image_owned(soname: str) -> bool:
 
 def library_elf(host: HostRoot, path: str) -> ElfInfo | None:
     return elf_info(host.real(host.resolve(path)))
+
+
+def library_base(soname: str) -> str:
+    """"libcuda" of "libcuda.so.1": the name libnvidia-container's lists match."""
+    return soname.split(".so", 1)[0]
+
+
+def library_entries(realpath: str, libdir: str, info: ElfInfo, soname: str, provider: str,
+                    rule: str, reason: str, version: str) -> PlanPart:
+    """The mount of one host library into ``libdir`` and its soname link."""
+    filename = posixpath.basename(realpath)
+    mount = Mount(
+        source=realpath, destination=f"{libdir}/{filename}", kind="lib", provider=provider,
+        rule=rule, reason=reason,
+        provenance=Provenance(realpath=realpath, soname=soname, elf_class=info.elf_class,
+                              machine=info.machine, needs=info.needs, version=version),
+    )
+    links = [Link(f"{libdir}/{soname}", filename, provider, "soname link, as ldconfig makes it")] \
+        if soname and soname != filename else []
+    return PlanPart(mounts=[mount], links=links)
+
+
+def find_binary(host: HostRoot, name: str, env: Mapping[str, str]) -> str | None:
+    """``name`` in the host's PATH directories, under the root; host path or None."""
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        if not directory.startswith("/"):
+            continue  # relative PATH entries mean the caller's cwd, not the host
+        path = host.resolve(f"{directory}/{name}")
+        real = host.real(path)
+        if real.is_file() and os.access(real, os.X_OK):
+            return path
+    return None
+
+
+def binary_mount(host: HostRoot, path: str, name: str, provider: str, rule: str, reason: str,
+                 native: tuple[str, str] | None) -> Mount | Rejected:
+    """Host tool ``path`` bound into the container's private bin dir as ``name`` (its link
+    may resolve to another name: Debian's alternatives), or why it is not."""
+    info = elf_info(host.real(path))
+    if info is None:
+        # a script needs its interpreter and its own files from the host (rocm-smi is Python)
+        return Rejected(path, provider, "not an ELF executable: a script would run without "
+                                        "the host files it needs; use the image's own")
+    if native and (info.elf_class, info.machine) != native:
+        return Rejected(path, provider, f"{info.elf_class} {info.machine} does not match the "
+                                        f"host's {native[0]} {native[1]}")
+    return Mount(path, f"{CONTAINER_BINDIR}/{name}", "bin", provider, rule,
+                 reason, provenance=Provenance(realpath=path, elf_class=info.elf_class,
+                                               machine=info.machine, needs=info.needs))

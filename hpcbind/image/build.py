@@ -47,6 +47,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from hpcbind import __version__
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import DEFAULT_PATH
 from hpcbind.hostroot import HostRoot
 from hpcbind.image import deffile, sif
 from hpcbind.image.deffile import Definition, FileCopy, HeaderField, Script, Stage
@@ -66,7 +67,6 @@ BOOTSTRAPS = ("debootstrap", "localimage", "scratch")
 LAUNCH_SCRIPT = "#!/usr/bin/env run-singularity\n"
 INSPECT_METADATA = "inspect-metadata.json"
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What %post may append to: Apptainer's build-time names for them (stage.go).
 POST_ENVIRONMENT = "/.singularity.d/env/91-environment.sh"
 POST_LABELS = "/.build.labels"

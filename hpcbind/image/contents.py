@@ -19,32 +19,25 @@ never unpacked.
 from __future__ import annotations
 
 import fnmatch
-import glob
 import json
 import os
 import posixpath
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import natural_key
 from hpcbind.host.elf import ElfInfo, elf_info, max_version
-from hpcbind.host.ldcache import LdEntry, native_abi, read_ldcache
+from hpcbind.host.loader import (LD_SO_CONF, SHARED_OBJECT, glob_in_root, library_dirs,
+                                 shipped_libraries)
 from hpcbind.hostroot import HostRoot
 from hpcbind.image.source import ImageSource
 from hpcbind.mpi.abi import MPI_SONAMES, PMIX_SONAMES, MpiLib, PmixLib, find_mpi, find_pmix
 
-LD_SO_CONF = "/etc/ld.so.conf"
-# glibc's trusted directories across its ports (SYSTEM_DIRS), plus the multiarch directories
-# Debian and Ubuntu build into their loader (an image without ld.so.cache or ld.so.conf.d
-# still finds /usr/lib/x86_64-linux-gnu/libmpich.so.12: tests/test_launcher.py's images).
-_DEBIAN_TRIPLETS = ("x86_64-linux-gnu", "aarch64-linux-gnu", "powerpc64le-linux-gnu",
-                    "s390x-linux-gnu", "riscv64-linux-gnu", "i386-linux-gnu")
-DEFAULT_LIBRARY_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib",
-                        *(f"{p}/{t}" for t in _DEBIAN_TRIPLETS for p in ("/lib", "/usr/lib")))
 ROCM_VERSION_FILE = "/opt/rocm/.info/version"
 # Side-by-side installs without the /opt/rocm link: the newest one counts.
 ROCM_VERSION_FILES = "/opt/rocm-*/.info/version"
@@ -58,9 +51,7 @@ PROBED_LIBRARIES = ("libc.so.6", "libstdc++.so.6", "libibverbs.so.1", *MPI_SONAM
 PROBED_FILES = ("/etc/ld.so.cache", LD_SO_CONF, "/etc/ld.so.conf.d/*", ROCM_VERSION_FILE, ROCM_VERSION_FILES,
                 CUDA_VERSION_JSON, CUDA_VERSION_TXT, SHELL)
 
-_SHARED_OBJECT = re.compile(r"^[^/]+\.so(\.\d+)*$")
 _CUDA_TXT = re.compile(r"CUDA Version (\d[\w.]*)")
-_MAX_INCLUDE_DEPTH = 8  # ld.so.conf include loops in a hostile image must end
 
 
 @dataclass(frozen=True)
@@ -96,25 +87,6 @@ def image_facts(root: HostRoot) -> ImageFacts:
         rocm_version=_rocm_version(root),
         cuda_version=_cuda_version(root),
     )
-
-
-def shipped_libraries(root: HostRoot) -> dict[str, str]:
-    """soname -> path, as the root's loader would find each: its ld.so.cache first, in cache
-    order, then the files of its library directories (an image need not have run ldconfig)."""
-    libraries: dict[str, str] = {}
-    for entry in _native_entries(read_ldcache(root)):
-        libraries.setdefault(entry.soname, entry.path)
-    for directory in library_dirs(root):
-        for name in root.listdir(directory):
-            if _SHARED_OBJECT.match(name):
-                libraries.setdefault(name, posixpath.join(directory, name))
-    return dict(sorted(libraries.items()))
-
-
-def library_dirs(root: HostRoot) -> tuple[str, ...]:
-    """The directories of the root's ld.so.conf (includes followed), then glibc's defaults."""
-    dirs = [*_conf_dirs(root, LD_SO_CONF, 0), *DEFAULT_LIBRARY_DIRS]
-    return tuple(dict.fromkeys(posixpath.normpath(d) for d in dirs))
 
 
 def cached_image_facts(path: Path, offset: int = 0, cache_dir: Path | None = None) -> ImageFacts:
@@ -192,50 +164,6 @@ def image_facts_from_squashfs(path: Path, offset: int = 0) -> ImageFacts:
 # --- directory images --------------------------------------------------------------------
 
 
-def _native_entries(entries: tuple[LdEntry, ...]) -> list[LdEntry]:
-    """Cache entries of the root's main ABI: a multilib cache also lists i386 copies under the
-    same sonames, and glibc-hwcaps variants are the same library built for newer CPUs."""
-    native = native_abi(entries)
-    return [e for e in entries if not e.hwcap_subdir
-            and (native is None or not e.elf_class or (e.elf_class, e.machine) == native)]
-
-
-def _conf_dirs(root: HostRoot, conf: str, depth: int) -> list[str]:
-    """Directories listed by ld.so.conf-format file ``conf``, as ldconfig reads them."""
-    text = root.read_text(conf)
-    if text is None or depth > _MAX_INCLUDE_DEPTH:
-        return []
-    dirs: list[str] = []
-    for line in text.splitlines():
-        body = line.split("#", 1)[0]
-        words = body.split()
-        if not words or words[0] == "hwcap":
-            continue
-        if words[0] == "include":
-            for pattern in words[1:]:
-                absolute = posixpath.join(posixpath.dirname(conf), pattern)  # absolute stays absolute
-                for included in _glob(root, absolute):
-                    dirs.extend(_conf_dirs(root, included, depth + 1))
-            continue
-        # directories may also be separated by ':' or ',', and carry an old "=TYPE" suffix
-        dirs.extend(d.split("=", 1)[0] for d in re.split(r"[:,\s]+", body) if d.startswith("/"))
-    return dirs
-
-
-def _glob(root: HostRoot, pattern: str, names: Callable[[str], Iterable[str]] | None = None) -> list[str]:
-    """Host paths matching ``pattern`` (wildcards in any part), each link followed inside the
-    root. ``names`` lists a directory; the root's own listing by default."""
-    listing = names or root.listdir
-    paths = ["/"]
-    for part in pattern.strip("/").split("/"):
-        dirs = [root.resolve(p) for p in paths]
-        if glob.has_magic(part):
-            paths = [posixpath.join(d, n) for d in dirs for n in sorted(listing(d)) if fnmatch.fnmatch(n, part)]
-        else:
-            paths = [posixpath.join(d, part) for d in dirs]
-    return paths
-
-
 def _library_elf(root: HostRoot, libraries: Mapping[str, str], soname: str) -> ElfInfo | None:
     path = libraries.get(soname)
     return elf_info(root.real(root.resolve(path))) if path else None
@@ -245,13 +173,8 @@ def _rocm_version(root: HostRoot) -> str:
     linked = root.read_value(ROCM_VERSION_FILE)
     if linked is not None:
         return linked
-    versions = (root.read_value(path) for path in _glob(root, ROCM_VERSION_FILES))
-    return max((v for v in versions if v), key=_natural_key, default="")
-
-
-def _natural_key(version: str) -> list[tuple[int, int | str]]:
-    # 6.10.0 after 6.9.1: numbers compare as numbers
-    return [(1, int(p)) if p.isdigit() else (0, p) for p in re.split(r"(\d+)", version) if p]
+    versions = (root.read_value(path) for path in glob_in_root(root, ROCM_VERSION_FILES))
+    return max((v for v in versions if v), key=natural_key, default="")
 
 
 def _cuda_version(root: HostRoot) -> str:
@@ -335,14 +258,14 @@ def _stand_ins(dest: Path, root: HostRoot, listing: _Listing) -> None:
     for directory in dict.fromkeys(root.resolve(d) for d in library_dirs(root)):
         for name in listing.names(directory):
             path = posixpath.join(directory, name)
-            if _SHARED_OBJECT.match(name) and path in listing.files:
+            if SHARED_OBJECT.match(name) and path in listing.files:
                 (dest / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
                 (dest / path.lstrip("/")).touch()
 
 
 def _probed_files(root: HostRoot, listing: _Listing) -> list[str]:
     # names from the listing: the skeleton has no stand-ins for most regular files
-    paths = (root.resolve(p) for pattern in PROBED_FILES for p in _glob(root, pattern, listing.names))
+    paths = (root.resolve(p) for pattern in PROBED_FILES for p in glob_in_root(root, pattern, listing.names))
     return [p for p in paths if p in listing.files]
 
 

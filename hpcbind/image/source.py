@@ -33,7 +33,9 @@ class ImageSource(namedtuple("ImageSource", "path kind offset size arch",
         return self.kind != ImageKind.DIRECTORY
 
 
-def locate(image: str) -> ImageSource:
+def locate(image: str, check_arch: bool = True) -> ImageSource:
+    """The image at ``image``; a SIF built for another architecture is refused unless
+    ``check_arch`` is False (the plan reports it as a check, a conversion does not care)."""
     path = os.path.realpath(image)
     if os.path.isdir(path):
         if not any(os.path.isdir(os.path.join(path, d)) for d in ("bin", "usr", "etc")):
@@ -50,14 +52,14 @@ def locate(image: str) -> ImageSource:
         raise HpcbindError(f"can't read image {image}: {err.strerror}",
                            "check its permissions") from None
     if head[32:42] == SIF_MAGIC:
-        return _sif_partition(path)
+        return _sif_partition(path, check_arch)
     if head[:4] == SQUASHFS_MAGIC:
         return ImageSource(path, ImageKind.SQUASHFS, 0, size)
     raise HpcbindError(f"{image} is not a SIF file, a squashfs file or a directory",
                        "build an image with 'hpcrun build'")
 
 
-def _sif_partition(path: str) -> ImageSource:
+def _sif_partition(path: str, check_arch: bool) -> ImageSource:
     from hpcbind.image.sif import FsType, SifImage, host_arch
 
     with SifImage.open(path) as sif:
@@ -68,7 +70,7 @@ def _sif_partition(path: str) -> ImageSource:
             f"{path}: the primary partition is {info.fstype.name.lower()}, hpcrun runs squashfs "
             "partitions", "rebuild or convert the image to squashfs (hpcrun build OUT.sif IN.sif)")
     host = host_arch()
-    if info.arch not in (host, "unknown", ""):
+    if check_arch and info.arch not in (host, "unknown", ""):
         raise HpcbindError(f"{path} is built for {info.arch}, this host is {host}",
                            f"use the image built for {host}")
     return ImageSource(path, ImageKind.SIF, part.offset, part.size, info.arch)

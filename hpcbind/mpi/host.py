@@ -166,7 +166,7 @@ def launcher_mpi(host: HostRoot, env: Mapping[str, str]) -> MpiLib | None:
     if family is None:
         return None
     # imported here: discover() runs on every rank's way to exec, and needs no ELF reader
-    from hpcbind.image.contents import shipped_libraries
+    from hpcbind.host.loader import shipped_libraries
     from hpcbind.mpi.abi import find_mpi
 
     return next((lib for lib in find_mpi(host, shipped_libraries(host)) if lib.family == family), None)

@@ -20,8 +20,8 @@ from collections import namedtuple
 from collections.abc import Iterable, Mapping
 
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import DEFAULT_PATH
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEVER_PASSED = frozenset({"PATH", "HOME", "LD_LIBRARY_PATH"})
 ALWAYS_PASSED = frozenset({"TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
                            "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "ftp_proxy",

@@ -1,0 +1,33 @@
+"""Conventions of a Linux system that every layer shares, with no imports of their own (the
+runtime reads this module on every rank's path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import groupby
+
+# The PATH a process gets when nothing else says (Debian's /etc/login.defs ENV_SUPATH, which
+# Apptainer also sets in containers)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def natural_key(name: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """Numbers compare as numbers, words as words, separators not at all (the name itself
+    breaks ties): mlx5_2 before mlx5_10, GLIBC_2.9 before GLIBC_2.10 before GLIBC_PRIVATE,
+    ROCm 6.10.0 after 6.9.1. (No ``re``: a rank's start-up would pay for it.)"""
+    tokens = []
+    for digits, run in groupby(name, str.isdigit):
+        text = "".join(run)
+        if digits:
+            tokens.append((0, int(text)))
+        else:
+            tokens += [(1, word) for word in _words(text)]
+    return tuple(tokens), name
+
+
+def natural_sorted(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=natural_key)
+
+
+def _words(text: str) -> list[str]:
+    return ["".join(run) for letters, run in groupby(text, str.isalpha) if letters]
