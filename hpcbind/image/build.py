@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 from hpcbind import __version__
 from hpcbind.errors import HpcbindError
 from hpcbind.host.conventions import DEFAULT_PATH
+from hpcbind.image.gojson import go_json
 from hpcbind.hostroot import HostRoot
 from hpcbind.image import deffile, sif
 from hpcbind.image.deffile import Definition, FileCopy, HeaderField, Script, Stage
@@ -702,7 +703,7 @@ def _string_map(text: str) -> dict[str, str]:
 
 def labels_json(labels: Mapping[str, str]) -> bytes:
     """``labels.json`` as Go's ``json.MarshalIndent(labels, "", "\\t")``."""
-    return _go_json(dict(sorted(labels.items())), indent="\t")
+    return go_json(dict(sorted(labels.items())), indent="\t")
 
 
 def inspect_metadata(rootfs: Path) -> bytes:
@@ -717,7 +718,7 @@ def inspect_metadata(rootfs: Path) -> bytes:
             for name in root.listdir("/scif/apps") if root.is_dir(f"/scif/apps/{name}/scif")}
     if apps:
         attributes = {"apps": apps, **attributes}
-    return _go_json({"data": {"attributes": attributes}, "type": "container"})
+    return go_json({"data": {"attributes": attributes}, "type": "container"})
 
 
 def _attributes(root: HostRoot, base: str, top: bool) -> dict[str, object]:
@@ -742,16 +743,6 @@ def _attributes(root: HostRoot, base: str, top: bool) -> dict[str, object]:
         fields["deffile"] = text("Singularity")
         fields["startscript"] = text("startscript")
     return {key: value for key, value in fields.items() if value}
-
-
-def _go_json(value: object, indent: str | None = None) -> bytes:
-    """JSON as Go's encoding/json writes it, HTML-safe escapes included."""
-    text = json.dumps(value, ensure_ascii=False, indent=indent,
-                      separators=(",", ": ") if indent else (",", ":"))
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return text.encode()
 
 
 # -------------------------------------------------------------------------------- the image

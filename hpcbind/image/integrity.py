@@ -39,6 +39,7 @@ from pgpy.packet.packets import SignatureV4
 from pgpy.types import Armorable
 
 from hpcbind.errors import HpcbindError
+from hpcbind.image.gojson import go_json
 from hpcbind.image.sif import (
     GO_ZERO_TIME,
     DataType,
@@ -126,12 +127,6 @@ def _matches(signed: tuple[str, bytes], chunks: Iterable[bytes]) -> bool:
 
 
 # ---------------------------------------------------------------------------------- metadata
-
-
-def go_json(value: object) -> bytes:
-    """Go ``json.Marshal``'s bytes for plain JSON data built in Go's field order: compact, no
-    trailing newline. (Go would also escape <, > and &; digests and base64 never hold them.)"""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def header_metadata(integrity_bytes: bytes, algorithm: str = DEFAULT_DIGEST) -> dict:

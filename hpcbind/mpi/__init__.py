@@ -1,0 +1,4 @@
+"""MPI: the launcher's rendezvous and environment on the host (``host``, ``hostmpi``), MPI
+and PMIx ABIs (``abi``), the launcher command line (``launcher``), where a rank stands
+(``rankenv``) and its GPU/HCA (``binding``). May import ``host``, ``hostroot``, ``plan``,
+``errors``; never the runtime or ``image``."""

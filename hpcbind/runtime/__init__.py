@@ -1,0 +1,5 @@
+"""The runtime: namespaces, the image mount and its session layer, binds, devices, links,
+environment, exec (``container``), the node's shared container (``nodesession``). It applies
+a ``ContainerSpec`` and knows nothing of GPUs, MPI or the plan. Imported on every rank's path:
+namedtuples and the standard library only. May import ``image.source``/``image.sif``
+(reading an image), ``host.conventions``, ``errors``."""
