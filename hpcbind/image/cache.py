@@ -78,14 +78,15 @@ def fetch(reference: Reference, options: FetchOptions, work: Path) -> Fetched:
     if options.username:
         authfile = work / "auth.json"
         oci.write_authfile(authfile, reference, options.username, options.password)
-    inspect = ["skopeo", "inspect", "--raw", *oci.skopeo_flags(reference, options, authfile, "")]
+    skopeo = ["skopeo", *oci.skopeo_global_flags()]
+    inspect = [*skopeo, "inspect", "--raw", *oci.skopeo_flags(reference, options, authfile, "")]
     raw = oci.run_tool([*inspect, str(reference)], reference)
     config = None
     if b'"manifests"' not in raw:  # one image: its platform is in its config
         config = oci.run_tool([*inspect, "--config", str(reference)], reference)
     arch, variant = oci.choose_platform(reference, raw, config, options)
     tag = "h" + hashlib.sha256(f"{reference}|{arch}/{variant}".encode()).hexdigest()[:40]
-    argv = ["skopeo", "copy", "--override-os", "linux", "--override-arch", arch,
+    argv = [*skopeo, "copy", "--override-os", "linux", "--override-arch", arch,
             *(["--override-variant", variant] if variant else []),
             *(["--quiet"] if options.quiet else []),
             *oci.skopeo_flags(reference, options, authfile, "src-")]

@@ -133,6 +133,12 @@ def write_authfile(path: Path, reference: Reference, username: str, password: st
 # -------------------------------------------------------------------------------- skopeo
 
 
+def skopeo_global_flags() -> list[str]:
+    """$CONTAINERS_REGISTRIES_CONF, which Debian 12's skopeo (1.9) reads only as a flag."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    return ["--registries-conf", conf] if conf else []
+
+
 def skopeo_flags(reference: Reference, options: FetchOptions, authfile: Path | None,
                  prefix: str) -> list[str]:
     """Transport flags for ``skopeo inspect`` (prefix "") or ``copy``'s source ("src-")."""
@@ -215,6 +221,7 @@ def failure(tool: str, reference: Reference, stderr: str) -> HpcbindError:
     """One line from a tool's failure: its own last message, and what to do about it."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     detail = re.sub(r'^time="[^"]*" level=\w+ msg="(.*)"$', r"\1", lines[-1]) if lines else ""
+    detail = detail.replace('\\"', '"')  # skopeo's log format escapes the quotes it quotes
     for pattern, what, fix in _FAILURES:
         if re.search(pattern, detail, re.IGNORECASE):
             return HpcbindError(f"{tool} {reference}: {what} ({detail[-300:]})", fix)
@@ -245,8 +252,8 @@ def check_layers(layers: Sequence[Path], reference: Reference) -> list[str]:
     """Refuse layers with entries outside the root; return notes for what will be skipped.
 
     umoci confines such entries to the root already; refusing names the bad image instead of
-    unpacking a silently different one. Device nodes cannot be made by a plain user, and
-    umoci --rootless skips them: the caller notes it.
+    unpacking a silently different one. Device nodes cannot be made by a plain user: umoci
+    --rootless leaves an empty file instead, which the caller notes.
     """
     notes = []
     for layer in layers:
@@ -268,8 +275,9 @@ def check_layers(layers: Sequence[Path], reference: Reference) -> list[str]:
                                    f"{member.linkname!r}",
                                    "the image is malformed or hostile; do not use it")
             if (member.ischr() or member.isblk()) and os.geteuid() != 0:
-                notes.append(f"skipped device node /{name.lstrip('./')} (only root can make "
-                             "device nodes; the container's /dev is the host's)")
+                notes.append(f"device node /{name.lstrip('./')} skipped: an empty file in its "
+                             "place (only root makes device nodes; containers get the host's "
+                             "/dev)")
     return notes
 
 
