@@ -235,6 +235,25 @@ def test_build_from_a_reference(busybox_reference, tmp_path):
     assert "OCI_ENTRYPOINT='\"/bin/echo\"'" in r.stdout
 
 
+def test_definition_file_bootstraps_from_a_registry(busybox_reference, tmp_path):
+    registry, _, name = busybox_reference.removeprefix("docker://").partition("/")
+    definition = tmp_path / "app.def"
+    definition.write_text(f"Bootstrap: docker\nRegistry: {registry}\nFrom: {name}\n\n"
+                          "%post\n    echo built > /posted\n"
+                          "%environment\n    export FROM_DEF=yes\n"
+                          "%labels\n    org.example.def yes\n")
+    out = tmp_path / "app.sif"
+    r = hpcrun("build", "--no-https", str(out), str(definition), cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    root = extract(out, tmp_path / "root")
+    assert (root / "posted").read_text() == "built\n"
+    labels = json.loads((root / ".singularity.d/labels.json").read_text())
+    assert labels["org.example.def"] == "yes" and labels["org.example.test"] == "yes"
+    assert "GREETING" in (root / ".singularity.d/env/10-docker2singularity.sh").read_text()
+    assert "FROM_DEF" in (root / ".singularity.d/env/90-environment.sh").read_text()
+    assert "OCI_ENTRYPOINT='\"/bin/echo\"'" in (root / ".singularity.d/runscript").read_text()
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -337,3 +356,29 @@ def test_existing_output_needs_force(tmp_path):
     r = hpcrun("pull", "--force", str(out), f"oci:{LAYOUTS / 'root-dir-entry'}",
                cache=tmp_path / "c")
     assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------------- MPI
+
+EXAMPLE = DATA.parents[1] / "examples" / "example.sif"
+RANK_REPORT = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
+               "print(c.Get_rank(), c.Get_size(), c.allreduce(c.Get_rank() + 1))")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/example.sif missing: make example")
+def test_mpi_ranks_from_a_pulled_debian_image(unprivileged: Unprivileged, registry, tmp_path):
+    """Debian with Open MPI and mpi4py (the example image's root filesystem) as an OCI image
+    in the registry, pulled by a plain user, run as 4 ranks under hpcrun mpirun."""
+    extract(EXAMPLE, tmp_path / "root")
+    source = oci_image(tmp_path / "root", tmp_path / "layout", "1", "--config.entrypoint",
+                       "python3", "--config.entrypoint", "-c", "--config.entrypoint", RANK_REPORT)
+    reference = registry.push(source, "hpc/debian-mpi:1")
+    sif = unprivileged.root / "debian-mpi.sif"
+    r = unprivileged.run("pull", "--no-https", str(sif), reference, timeout=600,
+                         env={"HPCRUN_CACHEDIR": str(unprivileged.root / "mpi-cache")})
+    assert r.returncode == 0, r.stderr
+    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "4", str(sif),
+                         "/.singularity.d/runscript", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.splitlines()) == [f"{rank} 4 10" for rank in range(4)]
