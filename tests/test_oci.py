@@ -358,6 +358,76 @@ def test_existing_output_needs_force(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+# ------------------------------------------------------------------- TLS and credentials
+
+
+def make_tls(work: Path) -> tuple[Path, Path, Path]:
+    """A CA made here, and a certificate it signs for 127.0.0.1: (ca, cert, key)."""
+    def openssl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=work)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+            "server.key", "-out", "server.csr")
+    (work / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt")
+    return work / "ca.crt", work / "server.crt", work / "server.key"
+
+
+def htpasswd(path: Path, user: str, password: str) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt through libxcrypt: what docker-registry's htpasswd wants
+
+        path.write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    return path
+
+
+def test_registry_with_tls_and_credentials(unprivileged: Unprivileged, tmp_path_factory):
+    """The CA trusted through the user's certs.d, credentials from Apptainer's variables."""
+    work = tmp_path_factory.mktemp("tls")
+    ca, cert, key = make_tls(work)
+    registry = start_registry(work / "registry", tls=(cert, key),
+                              htpasswd=htpasswd(work / "htpasswd", "alice", "s3cret"))
+    try:
+        registry.push_flags = ("--dest-tls-verify=false", "--dest-creds=alice:s3cret")
+        reference = registry.push(f"oci:{LAYOUTS / 'whiteout-opaque'}", "private/wo:1")
+        home = unprivileged.root / "tls-home"
+        certs = home / ".config/containers/certs.d" / registry.host
+        certs.mkdir(parents=True)
+        (certs / "ca.crt").write_bytes(ca.read_bytes())
+        subprocess.run(["chown", "-R", f"{unprivileged.uid}:{unprivileged.gid}", str(home)],
+                       check=True)
+        base = {"HOME": str(home), "HPCRUN_CACHEDIR": str(home / "cache")}
+        out = home / "wo.sif"
+        login = {"APPTAINER_DOCKER_USERNAME": "alice"}
+        r = unprivileged.run("pull", str(out), reference,
+                             env={**base, **login, "APPTAINER_DOCKER_PASSWORD": "wrong"})
+        assert_refused(r, out, "refused the credentials")
+        r = unprivileged.run("pull", str(out), reference, env=base)
+        assert_refused(r, out, "refused the credentials")
+        r = unprivileged.run("pull", str(out), reference,
+                             env={**base, **login, "APPTAINER_DOCKER_PASSWORD": "s3cret"})
+        assert r.returncode == 0, r.stderr
+        check_layout_result("whiteout-opaque", extract(out, work / "root"))
+        r = unprivileged.run("pull", "--docker-login", str(home / "again.sif"), reference,
+                             env=base, input="alice\ns3cret\n")
+        assert r.returncode == 0 and (home / "again.sif").is_file(), r.stderr
+        (certs / "ca.crt").unlink()
+        untrusted = home / "untrusted" / "x.sif"
+        untrusted.parent.mkdir()
+        os.chown(untrusted.parent, unprivileged.uid, unprivileged.gid)
+        r = unprivileged.run("pull", str(untrusted), reference,
+                             env={**base, **login, "APPTAINER_DOCKER_PASSWORD": "s3cret"})
+        assert_refused(r, untrusted, "not trusted")
+    finally:
+        registry.stop()
+
+
 # --------------------------------------------------------------------------------- MPI
 
 EXAMPLE = DATA.parents[1] / "examples" / "example.sif"
