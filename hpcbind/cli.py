@@ -23,7 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shell": ("hpcbind.commands.shell", "start an interactive shell inside an image"),
     "inspect": ("hpcbind.commands.inspect", "show an image's labels, definition, runscript, environment"),
     "plan": ("hpcbind.commands.plan", "show what --nv/--rocm/--ib would bind, and why"),
-    "build": ("hpcbind.commands.build", "build a SIF image from a definition file, sandbox or squashfs"),
+    "build": ("hpcbind.commands.build", "build a SIF image from a definition file, sandbox, "
+              "squashfs or image reference"),
+    "pull": ("hpcbind.commands.pull", "pull an image (docker://, oci:, oci-archive:, "
+             "docker-archive:) into a SIF file"),
+    "cache": ("hpcbind.commands.cache", "list or clean the cache of pulled layers and images"),
     "sif": ("hpcbind.commands.sif", "read and edit SIF files (header, list, info, dump, new, add, del, setprim)"),
     "sign": ("hpcbind.commands.sign", "sign a SIF image (PGP or DSSE)"),
     "verify": ("hpcbind.commands.verify", "verify a SIF image's signatures"),

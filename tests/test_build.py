@@ -461,11 +461,12 @@ def test_sigterm_during_post_cleans_up(tmp_path: Path, private_tmp: Path) -> Non
 
 
 def test_unsupported_bootstrap_names_the_line(tmp_path: Path) -> None:
-    definition = tmp_path / "docker.def"
-    definition.write_text("# from a registry\nBootstrap: docker\nFrom: ubuntu:22.04\n")
-    with pytest.raises(HpcbindError, match=rf"{definition}:2: 'Bootstrap: docker' is not "
+    definition = tmp_path / "yum.def"
+    definition.write_text("# from a mirror\nBootstrap: yum\nOSVersion: 9\n")
+    with pytest.raises(HpcbindError, match=rf"{definition}:2: 'Bootstrap: yum' is not "
                                            "supported; hpcrun build supports debootstrap, "
-                                           "localimage, scratch"):
+                                           "localimage, scratch, docker, oci, oci-archive, "
+                                           "docker-archive"):
         build(tmp_path / "x.sif", definition, progress=Recorder())
 
 

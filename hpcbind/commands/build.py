@@ -14,6 +14,7 @@ COMPRESSION_ENV = "HPCRUN_BUILD_COMPRESSION"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from hpcbind.commands.pull import configure_fetch
     from hpcbind.image.build import COMPRESSIONS
 
     parser.add_argument("-F", "--force", action="store_true",
@@ -30,17 +31,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="value for {{ KEY }} in the definition file (repeatable)")
     parser.add_argument("out", metavar="OUT", type=Path, help="the SIF file (or directory) "
                         "to write")
-    parser.add_argument("source", metavar="SOURCE", type=Path,
-                        help="a definition file, sandbox directory, squashfs file or SIF")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a definition file, sandbox directory, squashfs file, SIF, or an "
+                             "image reference (docker://..., oci:..., oci-archive:..., "
+                             "docker-archive:...)")
+    configure_fetch(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpcbind.commands.pull import fetch_options
     from hpcbind.image.build import build, console_progress
 
     with console_progress() as progress:
         build(args.out, args.source, force=args.force, sandbox=args.sandbox,
               compression=args.compression, build_args=_build_args(args.build_arg),
-              progress=progress)
+              progress=progress, fetch=fetch_options(args))
     return 0
 
 

@@ -50,7 +50,7 @@ from hpcbind.errors import HpcbindError
 from hpcbind.host.conventions import DEFAULT_PATH
 from hpcbind.image.gojson import go_json
 from hpcbind.hostroot import HostRoot
-from hpcbind.image import deffile, sif
+from hpcbind.image import deffile, oci, sif
 from hpcbind.image.deffile import Definition, FileCopy, HeaderField, Script, Stage
 from hpcbind.image.source import SIF_MAGIC, SQUASHFS_MAGIC, locate
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # (2-core VM, squashfuse_ll, reading every file): gzip 108 MiB, 2.2 s; lz4 152 MiB, 1.3-2.0 s
 # (and built in 1.5 s instead of 48); zstd 98 MiB, 1.6-2.2 s; xz 90 MiB, 6.6 s.
 COMPRESSIONS = ("gzip", "lz4", "zstd", "xz")
-BOOTSTRAPS = ("debootstrap", "localimage", "scratch")
+BOOTSTRAPS = ("debootstrap", "localimage", "scratch", *oci.TRANSPORTS)
 LAUNCH_SCRIPT = "#!/usr/bin/env run-singularity\n"
 INSPECT_METADATA = "inspect-metadata.json"
 
@@ -118,6 +118,16 @@ class LineProgress:
             self.stream.flush()
 
 
+class SilentProgress:
+    """Nothing but errors: a pull that is not on a terminal, or -q."""
+
+    def step(self, text: str) -> None:
+        pass
+
+    def output(self, tag: str, line: str, transient: bool) -> None:
+        pass
+
+
 @dataclass(frozen=True, slots=True)
 class _RichProgress:
     """On a terminal: the same lines, dimmed, under a spinner that shows progress bars."""
@@ -166,21 +176,24 @@ class _Build:
     progress: Progress
     force: bool
     now: datetime
+    fetch: oci.FetchOptions  # for the docker, oci, ... bootstraps
 
 
 def build(
     out: Path,
-    source: Path,
+    source: Path | str,
     *,
     force: bool = False,
     sandbox: bool = False,
     compression: str = "gzip",
     build_args: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    fetch: oci.FetchOptions | None = None,
 ) -> None:
     """Build ``out`` (a SIF, or a sandbox directory) from ``source``.
 
-    ``source`` is a definition file, a sandbox directory, a squashfs file or a SIF. Building
+    ``source`` is a definition file, a sandbox directory, a squashfs file, a SIF or an image
+    reference (``docker://...``, ``oci:...``: fetched with ``fetch``'s options). Building
     from a definition file needs root, as Apptainer without --fakeroot. ``SOURCE_DATE_EPOCH``
     fixes the build time recorded in labels and the SIF header.
     """
@@ -199,7 +212,8 @@ def build(
     parent = out.parent if sandbox else None  # a sandbox is renamed into place: same fs
     try:
         with _umask(0o022), _sigterm_as_interrupt(), _workdir(parent, progress) as work:
-            job = _Build(definition, given, work, progress, force, _build_time())
+            job = _Build(definition, given, work, progress, force, _build_time(),
+                         fetch or oci.FetchOptions())
             roots: dict[str, Path] = {}
             for index, stage in enumerate(definition.stages):
                 rootfs = _build_stage(job, stage, index, roots)
@@ -229,17 +243,26 @@ def _check_output(out: Path, force: bool) -> None:
         raise HpcbindError(f"build target {out} already exists", "use --force to overwrite it")
 
 
-def _load(source: Path, build_args: Mapping[str, str]) -> tuple[Definition, bool]:
+def _load(source: Path | str, build_args: Mapping[str, str]) -> tuple[Definition, bool]:
     """The definition to build, and whether it came from a definition file."""
+    reference = oci.parse(str(source))
+    if reference is not None:
+        # Apptainer's types.NewDefinitionFromURI: "Bootstrap: docker", "From: busybox".
+        target = reference.target.removeprefix("//")
+        return _image_definition(reference.transport, target), False
+    source = Path(source)
     if not (source.exists() or source.is_symlink()):
         raise HpcbindError(f"build source {source} not found", "check the path")
     if source.is_dir() or _has_image_magic(source):
-        # Apptainer builds an image SOURCE as this definition (types.NewDefinitionFromURI).
-        raw = f"bootstrap: localimage\nfrom: {source}\n\n"
-        header = (HeaderField("bootstrap", "localimage", 1), HeaderField("from", str(source), 2))
-        stage = Stage(header, (), (), (), (), raw, 1)
-        return Definition(str(source), (stage,), raw), False
+        return _image_definition("localimage", str(source)), False
     return deffile.parse_file(source, build_args), True
+
+
+def _image_definition(bootstrap: str, source: str) -> Definition:
+    """Apptainer builds an image SOURCE as this definition (types.NewDefinitionFromURI)."""
+    raw = f"bootstrap: {bootstrap}\nfrom: {source}\n\n"
+    header = (HeaderField("bootstrap", bootstrap, 1), HeaderField("from", source, 2))
+    return Definition(source, (Stage(header, (), (), (), (), raw, 1),), raw)
 
 
 def _has_image_magic(path: Path) -> bool:
@@ -265,7 +288,8 @@ def _check_buildable(definition: Definition) -> None:
                 f"{path}:{bootstrap.line}: 'Bootstrap: {bootstrap.value}' is not supported",
                 f"hpcrun build supports {', '.join(BOOTSTRAPS)}; build other sources with "
                 "Apptainer and use its image with 'Bootstrap: localimage'")
-        required = {"debootstrap": ("osversion", "mirrorurl"), "localimage": ("from",)}
+        required = {"debootstrap": ("osversion", "mirrorurl"), "localimage": ("from",),
+                    **{transport: ("from",) for transport in oci.TRANSPORTS}}
         for key in required.get(stage.bootstrap, ()):
             if not stage.get(key):
                 raise HpcbindError(f"{path}:{bootstrap.line}: 'Bootstrap: {stage.bootstrap}' "
@@ -329,6 +353,8 @@ def _bootstrap(job: _Build, stage: Stage, rootfs: Path) -> None:
     elif stage.bootstrap == "localimage":
         _extract(job, Path(stage.get("from")), rootfs)
         make_base_env(rootfs, overwrite=False)
+    elif stage.bootstrap in oci.TRANSPORTS:
+        _unpack_oci(job, stage, rootfs)
     else:
         make_base_env(rootfs, overwrite=True)
 
@@ -365,6 +391,30 @@ def _extract(job: _Build, image: Path, rootfs: Path) -> None:
         # cp -a keeps owners, modes, links, devices and xattrs, as Apptainer's tar copy does.
         _run(job, ["cp", "-a", f"{found.path}/.", str(rootfs)], "cp",
              f"copying sandbox {image} failed", "see the cp output above")
+
+
+def _unpack_oci(job: _Build, stage: Stage, rootfs: Path) -> None:
+    """Apptainer's OCI conveyor packer: layers, base environment, runscript, ENV, labels; the
+    image config is kept beside the root filesystem for the SIF (``_oci_config_path``)."""
+    from hpcbind.image import cache
+
+    reference = oci.from_header(stage.bootstrap, stage.get("from"), stage.get("registry"),
+                                stage.get("namespace"))
+    job.progress.step(f"Fetching OCI image {reference}...")
+    fetched = cache.fetch(reference, job.fetch, job.work)
+    job.progress.step("Extracting OCI image...")
+    rootfs.rmdir()  # umoci makes it
+    for note in cache.unpack(fetched, rootfs):
+        sys.stderr.write(f"hpcrun: note: {note}\n")
+    make_base_env(rootfs, overwrite=True)
+    _write(rootfs, "/.singularity.d/runscript", oci.runscript(fetched.config), 0o755)
+    _write(rootfs, oci.DOCKER_ENV, oci.environment(fetched.config), 0o755)
+    _write(rootfs, "/.singularity.d/labels.json", labels_json(oci.labels(fetched.config)), 0o644)
+    _oci_config_path(rootfs).write_bytes(fetched.config_json)
+
+
+def _oci_config_path(rootfs: Path) -> Path:
+    return rootfs.with_name(rootfs.name + "." + oci.CONFIG_OBJECT)
 
 
 # ------------------------------------------------------------------------------------ files
@@ -763,6 +813,10 @@ def _assemble_sif(job: _Build, rootfs: Path, out: Path, compression: str) -> Non
                                        data=job.definition.final.raw.encode()))
     objects.append(sif.ObjectInput(sif.DataType.GENERIC_JSON, data=inspect_metadata(rootfs),
                                    name=INSPECT_METADATA))
+    oci_config = _oci_config_path(rootfs)
+    if oci_config.is_file():  # Apptainer's JSON objects are in name order: this one second
+        objects.append(sif.ObjectInput(sif.DataType.GENERIC_JSON, data=oci_config.read_bytes(),
+                                       name=oci.CONFIG_OBJECT))
     partition = sif.Partition(sif.FsType.SQUASHFS, sif.PartType.PRIMSYS, rootfs_arch(rootfs))
     # Named after the squashfs file, as Apptainer's descriptor input from an *os.File is.
     objects.append(sif.ObjectInput(sif.DataType.PARTITION, source=squashfs,
@@ -849,7 +903,7 @@ def _workdir(parent: Path | None, progress: Progress) -> Iterator[Path]:
             progress.step(f"WARNING: left {work} in place: {mounted[0]} is mounted there; "
                           "unmount it and remove the directory")
         else:
-            shutil.rmtree(work, onerror=_writable_and_retry)
+            shutil.rmtree(work, onerror=writable_and_retry)
 
 
 def _mounts_under(directory: Path) -> list[str]:
@@ -860,7 +914,7 @@ def _mounts_under(directory: Path) -> list[str]:
     return [p for p in decoded if p.startswith(prefix)]
 
 
-def _writable_and_retry(func: Callable[[str], object], path: str, _exc: object) -> None:
+def writable_and_retry(func: Callable[[str], object], path: str, _exc: object) -> None:
     # An unprivileged extraction can leave read-only directories its owner cannot empty.
     os.chmod(os.path.dirname(path), 0o700)
     func(path)

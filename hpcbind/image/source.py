@@ -33,9 +33,18 @@ class ImageSource(namedtuple("ImageSource", "path kind offset size arch",
         return self.kind != ImageKind.DIRECTORY
 
 
+# Image references that exec, run and shell pull into the cache first, as Apptainer does.
+REFERENCE_PREFIXES = ("docker://", "oci:", "oci-archive:", "docker-archive:")
+
+
 def locate(image: str, check_arch: bool = True) -> ImageSource:
-    """The image at ``image``; a SIF built for another architecture is refused unless
-    ``check_arch`` is False (the plan reports it as a check, a conversion does not care)."""
+    """The image at ``image`` (a reference is pulled into the cache first); a SIF built for
+    another architecture is refused unless ``check_arch`` is False (the plan reports it as a
+    check, a conversion does not care)."""
+    if image.startswith(REFERENCE_PREFIXES):
+        from hpcbind.image.cache import cached_sif
+
+        image = cached_sif(image)
     path = os.path.realpath(image)
     if os.path.isdir(path):
         if not any(os.path.isdir(os.path.join(path, d)) for d in ("bin", "usr", "etc")):
