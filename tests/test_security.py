@@ -11,7 +11,9 @@ import hashlib
 import os
 import pwd
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -344,3 +346,83 @@ def test_runscript_linked_out_of_the_image_stays_inside(unprivileged: Unprivileg
         host_script.unlink()
     assert "the host's runscript" not in r.stdout
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+
+
+def rank_env(secret: str) -> dict[str, str]:
+    """What ``hpcrun mpirun`` gives the two ranks of one node: the launch's secret, and the
+    local size, so the holder waits for both and they always share one container."""
+    return {"HPCBIND_NODE_SECRET": secret, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+
+
+def test_launcher_gives_every_rank_a_secret_for_the_session_name(unprivileged: Unprivileged):
+    """Seen red: without the launcher's ``os.environ[SECRET_VARIABLE] = ...``, 0 and 0."""
+    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "2",
+                         str(unprivileged.busybox_sif), "sh", "-c",
+                         'echo "${#HPCBIND_NODE_SECRET}"', timeout=120)
+    assert (r.returncode, r.stdout) == (0, "32\n32\n"), r.stderr
+
+
+def test_a_squatted_node_session_name_harms_nothing(unprivileged: Unprivileged):
+    """Another user (root here) reads a rank's KEY from /proc/PID/cmdline and binds the name
+    it would give, first: the ranks still share one container (the name carries the
+    launch's secret), and nothing is said. Seen red: with ``socket_name`` ignoring
+    HPCBIND_NODE_SECRET, the ranks were refused ("held by another user") before the
+    fallback, and ran in two containers with the note after it."""
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"\0hpcbind/{unprivileged.uid}/{key}//{view:x}".encode())
+    squatter.listen(8)
+    with squatter:
+        ranks = [unprivileged.popen("exec", "--node-session", key,
+                                    str(unprivileged.busybox_sif), "readlink",
+                                    "/proc/self/ns/mnt", env=rank_env(secret),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outputs = [rank.communicate(timeout=60) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert [err for _, err in outputs] == ["", ""]
+    first, second = (out for out, _ in outputs)
+    assert first == second and first.startswith("mnt:["), "one container for both ranks"
+
+
+def test_a_squatter_who_knows_the_name_only_costs_the_sharing(unprivileged: Unprivileged):
+    """Should another user hold the very name (a rank started without the secret, or a
+    name read from /proc/net/unix and bound after its holder left), each rank runs in a
+    container of its own, with a note, and takes nothing from the squatter, even one that
+    never accepts. Seen red: with ``_receive`` raising on another user's name again (the old
+    behaviour), exit 255; without the connect timeout, the rank hung in connect."""
+    key = secrets.token_hex(8)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"\0hpcbind/{unprivileged.uid}/{key}//{view:x}".encode())
+    squatter.listen(0)  # and never accepts: its backlog fills at once
+    with squatter:
+        r = unprivileged.run("exec", "--node-session", key, str(unprivileged.busybox_sif),
+                             "echo", "ran")
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+    assert r.stderr == (f"hpcrun: note: could not join the node session {key}; this rank "
+                        "runs in a container of its own\n")
+
+
+def test_another_user_cannot_join_a_node_session(unprivileged: Unprivileged):
+    """Another user (root here, who can read the secret) connects to a running holder: the
+    holder hangs up with nothing sent, no namespace descriptor above all. Seen red: with the
+    holder's peer-uid check removed, the connection received the holder's user and mount
+    namespaces (2 descriptors)."""
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    rank = unprivileged.popen("exec", "--node-session", key, str(unprivileged.busybox_sif),
+                              "sh", "-c", "echo joined; read line", env=rank_env(secret),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert rank.stdout.readline() == "joined\n"  # the holder is up and serving
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as intruder:
+            intruder.connect(f"\0hpcbind/{unprivileged.uid}/{key}/{secret}/{view:x}".encode())
+            message, fds, _, _ = socket.recv_fds(intruder, 1 << 20, 2)
+        for fd in fds:
+            os.close(fd)
+        assert (message, len(fds)) == (b"", 0)
+    finally:
+        rank.communicate("\n", timeout=60)
+    assert rank.returncode == 0
