@@ -16,6 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,7 +113,7 @@ def root_device() -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
-    """busybox plus: a setuid-root program, a program with file capabilities, a setuid su, a
+    """busybox plus: a setuid-root program, a program with file capabilities, a
     setuid newuidmap with an /etc/subuid granting the user host uid 0, a world-writable node
     of the host's disk, and links that point out of the root."""
     work = tmp_path_factory.mktemp("hostile")
@@ -122,9 +124,6 @@ def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
         build_program(name, root / "bin" / name)
     os.chmod(root / "bin/euid", 0o6755)
     subprocess.run(["setcap", FILE_CAPS, str(root / "bin/caps")], check=True)
-    (root / "bin/su").unlink()  # a link to busybox, which must keep its own mode
-    shutil.copy(root / "bin/busybox", root / "bin/su")
-    os.chmod(root / "bin/su", 0o4755)
     copy_with_libraries("/usr/bin/newuidmap", root)
     os.chmod(root / "usr/bin/newuidmap", 0o4755)
     (root / "etc/subuid").write_text(f"{user_name(unprivileged)}:0:65536\n")
@@ -156,12 +155,21 @@ def user_name(unprivileged: Unprivileged) -> str:
 
 
 def test_setuid_root_binary_runs_without_privilege(unprivileged: Unprivileged, hostile_image):
+    """Seen red: the same setuid-root program on the host (a mount without nosuid) reports
+    euid 0, so the ids inside are the container's doing."""
+    control = unprivileged.root / "euid-on-the-host"
+    build_program("euid", control)
+    os.chown(control, 0, 0)
+    os.chmod(control, 0o6755)
+    uid, gid = unprivileged.uid, unprivileged.gid
+    r = subprocess.run(unprivileged.command(str(control)), capture_output=True, text=True)
+    assert r.stdout.split() == [str(uid), "0", str(gid), "0"], "setuid works on the host"
+
     r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
                          "ls -l /bin/euid; /bin/euid; grep CapEff /proc/self/status")
     assert r.returncode == 0, r.stderr
     listing, ids, caps = r.stdout.splitlines()
     assert listing.startswith("-rwsr-sr-x"), "the test image must carry the setuid/setgid bits"
-    uid, gid = unprivileged.uid, unprivileged.gid
     assert ids.split() == [str(uid), str(uid), str(gid), str(gid)]
     assert caps.split() == ["CapEff:", "0000000000000000"]
 
@@ -198,13 +206,58 @@ def test_cannot_read_what_is_unreadable_outside(unprivileged: Unprivileged, root
     assert r.returncode != 0
 
 
-def test_no_mount_reaches_the_host(unprivileged: Unprivileged):
-    before = Path("/proc/1/mountinfo").read_text()
-    r = unprivileged.run("exec", "--bind", f"{unprivileged.root}:/mnt/x",
-                         str(unprivileged.busybox_sif), "sh", "-c",
-                         "mount -t tmpfs none /mnt/x 2>/dev/null; echo done")
-    assert r.stdout == "done\n"
-    assert Path("/proc/1/mountinfo").read_text() == before
+@pytest.fixture
+def shared_mount(unprivileged: Unprivileged) -> Iterator[Path]:
+    """A host tmpfs marked shared, with an empty ``sub`` directory: a mount made on any copy
+    of it in its peer group shows on the host."""
+    shared = Path(tempfile.mkdtemp(prefix="shared-", dir=unprivileged.root))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0777", "hpcbind-test", str(shared)],
+                   check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        (shared / "sub").mkdir(mode=0o777)
+        yield shared
+    finally:
+        subprocess.run(["umount", "-R", str(shared)], check=True)
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """The host's mount table, at and under PREFIX or on /tmp (the session layer's place)."""
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == "/tmp" or p == str(prefix) or p.startswith(f"{prefix}/")]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to make a shared host mount")
+@pytest.mark.parametrize("as_root", [False, True], ids=["user", "root"])
+def test_no_mount_reaches_the_host(unprivileged: Unprivileged, shared_mount, as_root):
+    """While the container runs, with a shared host mount bound in and another bind under it,
+    none of its mounts (image, session layer, binds) is in the host's table. Root is tried
+    too: it has no user namespace, whose shared mounts the kernel would turn into slaves.
+    Seen red: as root, with ``prepare``'s remount of / MS_PRIVATE removed, the container's
+    mounts went through the shared peer group and its own bind under it was gone ("can't
+    open '/mnt/x/sub/marker'"); the host control shows a mount made on a copy of a shared
+    mount in another namespace reaching the host's table."""
+    other = Path(tempfile.mkdtemp(prefix="other-", dir=unprivileged.root))
+    other.chmod(0o755)
+    (other / "marker").write_text("other\n")
+    subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "mount", "--bind",
+                    str(other), str(shared_mount / "sub")], check=True)
+    assert (shared_mount / "sub/marker").exists(), "a shared mount propagates on the host"
+    subprocess.run(["umount", str(shared_mount / "sub")], check=True)
+
+    before = mounts_under(unprivileged.root)
+    argv = ["exec", "--bind", f"{shared_mount}:/mnt/x", "--bind", f"{other}:/mnt/x/sub",
+            str(unprivileged.busybox_sif), "sh", "-c", "cat /mnt/x/sub/marker 2>&1; read line"]
+    command = [str(unprivileged.launcher), *argv] if as_root else unprivileged.argv(*argv)
+    container = subprocess.Popen(command, cwd=unprivileged.root, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert container.stdout.readline() == "other\n", "the container's mounts are in place"
+        during = mounts_under(unprivileged.root)
+    finally:
+        out, err = container.communicate("\n", timeout=60)
+    assert container.returncode == 0, err
+    assert during == before
 
 
 def test_uid_map_is_identity_only(unprivileged: Unprivileged):
@@ -239,18 +292,11 @@ def test_file_capabilities_in_the_image_give_nothing(unprivileged: Unprivileged,
     assert prm.split()[1] == eff.split()[1] == "0000000000000000"
 
 
-def test_setuid_su_stays_the_user(unprivileged: Unprivileged, hostile_image):
-    r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
-                         "ls -l /bin/su; su -c 'id -u' root </dev/null; id -u")
-    listing, *rest = r.stdout.splitlines()
-    assert listing.startswith("-rwsr-xr-x")
-    assert rest == [str(unprivileged.uid)]  # su printed nothing: it never ran a command
-    assert "su:" in r.stderr
-
-
 def test_setuid_newuidmap_cannot_map_host_root(unprivileged: Unprivileged, hostile_image):
     """The image ships newuidmap (setuid root) and an /etc/subuid granting the user uid 0: with
-    setuid honoured, the user's namespace would map its root to the host's root."""
+    setuid honoured, the user's namespace would map its root to the host's root. Seen red:
+    the same mapper and newuidmap on the host (the control) exit 0 and map the user's
+    subordinate ids; inside, newuidmap runs as the user and the kernel refuses its write."""
     entry = next((line.split(":") for line in Path("/etc/subuid").read_text().splitlines()
                   if line.startswith(f"{user_name(unprivileged)}:")), None)
     assert entry, "make test-user gives the test user subordinate ids"
@@ -264,7 +310,8 @@ def test_setuid_newuidmap_cannot_map_host_root(unprivileged: Unprivileged, hosti
                          "ls -l /usr/bin/newuidmap; /bin/mapper /usr/bin/newuidmap 0")
     listing, *rest = r.stdout.splitlines()
     assert listing.startswith("-rwsr-xr-x")
-    assert rest[0] != "newuidmap 0" and rest[1] == "map none", r.stderr
+    assert rest == ["newuidmap 1", "map none"], r.stderr
+    assert r.stderr == "newuidmap: write to uid_map failed: Operation not permitted\n"
 
 
 def test_device_node_in_the_image_cannot_be_opened(unprivileged: Unprivileged, hostile_image):
