@@ -17,12 +17,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX_SIF, Unprivileged
+from conftest import BUSYBOX_SIF, PYTHON, Unprivileged
 
 PROGRAMS = {
     "euid": r"""
@@ -345,19 +346,84 @@ def test_ranks_inherit_no_descriptor_of_the_node_session(unprivileged: Unprivile
     assert sorted(r.stdout.split()) == sorted(bare.stdout.split()), bare.stderr
 
 
-def test_runtime_binaries_cannot_be_overwritten_through_proc(unprivileged: Unprivileged):
+# CVE-2019-5736's way round "Text file busy": hold each process's executable open through
+# /proc/PID/exe, wait until that process is gone, then reopen the descriptor for writing.
+# Only executables the user may write are tried: those of the job's runtime, here.
+OVERWRITE_ATTACK = r"""
+for exe in /proc/[0-9]*/exe; do
+  pid=${exe#/proc/}; pid=${pid%/exe}
+  setsid sh -c '
+    exec 3< "$1" 2>/dev/null && [ -w /proc/self/fd/3 ] || exit 0
+    echo "target $2"
+    while [ -e "/proc/$2" ]; do sleep 0.05; done
+    if printf X >> /proc/self/fd/3; then echo "wrote $2"; else echo "refused $2"; fi
+  ' - "$exe" "$pid" >> "$1" 2>/dev/null &
+done
+echo tried
+"""
+
+
+def overwrite_attempts(report: Path) -> list[str]:
+    """The attack's report once every process it targeted is gone and was written (or not)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = report.read_text().split()
+        if lines.count("target") == lines.count("wrote") + lines.count("refused"):
+            return report.read_text().splitlines()
+        time.sleep(0.1)
+    pytest.fail(f"the attack did not finish: {report.read_text()!r}")
+
+
+@pytest.fixture
+def own_interpreter(unprivileged: Unprivileged) -> Iterator[Path]:
+    """A copy of Python the test user owns (as a user's own build or conda's would be), and
+    an hpcrun launcher started by it: the runtime and the node's holder run this file."""
+    scratch = Path(tempfile.mkdtemp(prefix="own-python-", dir=unprivileged.root))
+    python = scratch / "python3"
+    shutil.copy(os.path.realpath(PYTHON), python)
+    launcher = scratch / "hpcrun"
+    launcher.write_text(unprivileged.launcher.read_text().replace(f"#!{PYTHON}", f"#!{python}", 1))
+    for path in (scratch, python, launcher):
+        path.chmod(0o755)
+        os.chown(path, unprivileged.uid, unprivileged.gid)
+    yield launcher
+
+
+def test_runtime_cannot_be_overwritten_through_proc(unprivileged: Unprivileged, own_interpreter):
     """runc's CVE-2019-5736: a container process reopens the runtime's executable through
-    /proc/PID/exe and writes it. Every process of the user's job, the node session's holder
-    included, is tried."""
-    targets = [Path(sys.executable).resolve(), unprivileged.launcher]
-    before = {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets}
-    attack = ("for exe in /proc/[0-9]*/exe; do "
-              "  [ -e $exe ] && (: >> $exe) 2>/dev/null && echo WROTE $(readlink $exe); "
-              "done; echo tried")
-    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "2",
-                         str(unprivileged.busybox_sif), "sh", "-c", attack, timeout=120)
-    assert r.stdout == "tried\ntried\n", r.stderr
-    assert {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets} == before
+    /proc/PID/exe and writes it, so the user's next launch runs the image's code on the
+    host. The interpreter is the user's own, so only the container can stop it; every
+    process of the job, the node session's holder included, is tried. Seen red: the same
+    attack on the host (the control) appends to the interpreter; inside, with a patched
+    holder that drops its capabilities in the container's user namespace (capset to none)
+    and no PR_SET_DUMPABLE 0, it wrote the holder's interpreter ("wrote PID"); either
+    protection alone keeps it green."""
+    python = own_interpreter.with_name("python3")
+    script = unprivileged.root / "overwrite-attack.sh"
+    script.write_text(OVERWRITE_ATTACK)
+    script.chmod(0o755)
+    control = unprivileged.root / "control-python3"
+    shutil.copy(python, control)
+    os.chown(control, unprivileged.uid, unprivileged.gid)
+    victim = subprocess.Popen(unprivileged.command(str(control), "-c", "input()"),
+                              stdin=subprocess.PIPE, text=True)
+    report = unprivileged.root / "control-report"
+    subprocess.run(unprivileged.command("sh", str(script), str(report)), check=True)
+    victim.communicate("\n", timeout=60)
+    assert f"wrote {victim.pid}" in overwrite_attempts(report), "the attack works outside"
+    assert control.read_bytes().endswith(b"X")
+
+    before = hashlib.sha256(python.read_bytes()).hexdigest()
+    report = unprivileged.root / "report"
+    r = subprocess.run(unprivileged.command(
+        str(own_interpreter), "exec", "--node-session", secrets.token_hex(8),
+        str(unprivileged.busybox_sif), "sh", str(script), str(report),
+        env={**rank_env(secrets.token_hex(16)), "OMPI_COMM_WORLD_LOCAL_SIZE": "1"}),
+        capture_output=True, text=True, cwd=unprivileged.root, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "tried\n"), r.stderr
+    attempts = overwrite_attempts(report)
+    assert not [line for line in attempts if line.startswith("wrote")], attempts
+    assert hashlib.sha256(python.read_bytes()).hexdigest() == before
 
 
 def test_inspect_follows_sandbox_links_inside_the_sandbox(unprivileged: Unprivileged, tmp_path):

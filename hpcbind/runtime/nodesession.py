@@ -132,6 +132,11 @@ def _holder(listener: socket.socket, make_spec, expected: int | None) -> None:
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
+        # Its executable (the user's Python, writable by them) stays running on the host
+        # while the ranks' programs run: keep them from reopening it through /proc/PID/exe
+        # (runc's CVE-2019-5736). Its capabilities in the container's user namespace already
+        # do; this holds should it ever drop them. Not before prepare: it writes its uid_map.
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
         shared = {"edits": [list(e) for e in spec.env.edits], "home": spec.home,
                   "devices": devices}
         fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
