@@ -36,7 +36,9 @@ def run(options: RunOptions, config) -> "NoReturn":  # noqa: F821 (typing costs 
     enter(spec)
 
 
-def run_rank(options: RunOptions, config, caller: Caller) -> "NoReturn":  # noqa: F821
+def run_rank(options: RunOptions, config, caller: Caller) -> None:
+    """Join the node's container and exec; returns only when the node session cannot be
+    joined (its name held by another user): ``run`` then makes this rank its own container."""
     from hpcbind.runtime import nodesession
 
     where = rankenv.place(caller.env)

@@ -66,8 +66,8 @@ class Unprivileged:
                                                      f"--regid={self.gid}", "--clear-groups"]
         return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *argv]
 
-    def popen(self, *args: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), cwd=str(self.root), **kw)
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args, env=env), cwd=str(self.root), **kw)
 
 
 @pytest.fixture(scope="session")

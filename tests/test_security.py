@@ -11,14 +11,19 @@ import hashlib
 import os
 import pwd
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX_SIF, Unprivileged
+from conftest import BUSYBOX_SIF, PYTHON, Unprivileged
 
 PROGRAMS = {
     "euid": r"""
@@ -109,7 +114,7 @@ def root_device() -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
-    """busybox plus: a setuid-root program, a program with file capabilities, a setuid su, a
+    """busybox plus: a setuid-root program, a program with file capabilities, a
     setuid newuidmap with an /etc/subuid granting the user host uid 0, a world-writable node
     of the host's disk, and links that point out of the root."""
     work = tmp_path_factory.mktemp("hostile")
@@ -120,9 +125,6 @@ def hostile_image(tmp_path_factory, unprivileged: Unprivileged) -> Path:
         build_program(name, root / "bin" / name)
     os.chmod(root / "bin/euid", 0o6755)
     subprocess.run(["setcap", FILE_CAPS, str(root / "bin/caps")], check=True)
-    (root / "bin/su").unlink()  # a link to busybox, which must keep its own mode
-    shutil.copy(root / "bin/busybox", root / "bin/su")
-    os.chmod(root / "bin/su", 0o4755)
     copy_with_libraries("/usr/bin/newuidmap", root)
     os.chmod(root / "usr/bin/newuidmap", 0o4755)
     (root / "etc/subuid").write_text(f"{user_name(unprivileged)}:0:65536\n")
@@ -154,12 +156,21 @@ def user_name(unprivileged: Unprivileged) -> str:
 
 
 def test_setuid_root_binary_runs_without_privilege(unprivileged: Unprivileged, hostile_image):
+    """Seen red: the same setuid-root program on the host (a mount without nosuid) reports
+    euid 0, so the ids inside are the container's doing."""
+    control = unprivileged.root / "euid-on-the-host"
+    build_program("euid", control)
+    os.chown(control, 0, 0)
+    os.chmod(control, 0o6755)
+    uid, gid = unprivileged.uid, unprivileged.gid
+    r = subprocess.run(unprivileged.command(str(control)), capture_output=True, text=True)
+    assert r.stdout.split() == [str(uid), "0", str(gid), "0"], "setuid works on the host"
+
     r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
                          "ls -l /bin/euid; /bin/euid; grep CapEff /proc/self/status")
     assert r.returncode == 0, r.stderr
     listing, ids, caps = r.stdout.splitlines()
     assert listing.startswith("-rwsr-sr-x"), "the test image must carry the setuid/setgid bits"
-    uid, gid = unprivileged.uid, unprivileged.gid
     assert ids.split() == [str(uid), str(uid), str(gid), str(gid)]
     assert caps.split() == ["CapEff:", "0000000000000000"]
 
@@ -196,13 +207,58 @@ def test_cannot_read_what_is_unreadable_outside(unprivileged: Unprivileged, root
     assert r.returncode != 0
 
 
-def test_no_mount_reaches_the_host(unprivileged: Unprivileged):
-    before = Path("/proc/1/mountinfo").read_text()
-    r = unprivileged.run("exec", "--bind", f"{unprivileged.root}:/mnt/x",
-                         str(unprivileged.busybox_sif), "sh", "-c",
-                         "mount -t tmpfs none /mnt/x 2>/dev/null; echo done")
-    assert r.stdout == "done\n"
-    assert Path("/proc/1/mountinfo").read_text() == before
+@pytest.fixture
+def shared_mount(unprivileged: Unprivileged) -> Iterator[Path]:
+    """A host tmpfs marked shared, with an empty ``sub`` directory: a mount made on any copy
+    of it in its peer group shows on the host."""
+    shared = Path(tempfile.mkdtemp(prefix="shared-", dir=unprivileged.root))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0777", "hpcbind-test", str(shared)],
+                   check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        (shared / "sub").mkdir(mode=0o777)
+        yield shared
+    finally:
+        subprocess.run(["umount", "-R", str(shared)], check=True)
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """The host's mount table, at and under PREFIX or on /tmp (the session layer's place)."""
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == "/tmp" or p == str(prefix) or p.startswith(f"{prefix}/")]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to make a shared host mount")
+@pytest.mark.parametrize("as_root", [False, True], ids=["user", "root"])
+def test_no_mount_reaches_the_host(unprivileged: Unprivileged, shared_mount, as_root):
+    """While the container runs, with a shared host mount bound in and another bind under it,
+    none of its mounts (image, session layer, binds) is in the host's table. Root is tried
+    too: it has no user namespace, whose shared mounts the kernel would turn into slaves.
+    Seen red: as root, with ``prepare``'s remount of / MS_PRIVATE removed, the container's
+    mounts went through the shared peer group and its own bind under it was gone ("can't
+    open '/mnt/x/sub/marker'"); the host control shows a mount made on a copy of a shared
+    mount in another namespace reaching the host's table."""
+    other = Path(tempfile.mkdtemp(prefix="other-", dir=unprivileged.root))
+    other.chmod(0o755)
+    (other / "marker").write_text("other\n")
+    subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "mount", "--bind",
+                    str(other), str(shared_mount / "sub")], check=True)
+    assert (shared_mount / "sub/marker").exists(), "a shared mount propagates on the host"
+    subprocess.run(["umount", str(shared_mount / "sub")], check=True)
+
+    before = mounts_under(unprivileged.root)
+    argv = ["exec", "--bind", f"{shared_mount}:/mnt/x", "--bind", f"{other}:/mnt/x/sub",
+            str(unprivileged.busybox_sif), "sh", "-c", "cat /mnt/x/sub/marker 2>&1; read line"]
+    command = [str(unprivileged.launcher), *argv] if as_root else unprivileged.argv(*argv)
+    container = subprocess.Popen(command, cwd=unprivileged.root, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert container.stdout.readline() == "other\n", "the container's mounts are in place"
+        during = mounts_under(unprivileged.root)
+    finally:
+        out, err = container.communicate("\n", timeout=60)
+    assert container.returncode == 0, err
+    assert during == before
 
 
 def test_uid_map_is_identity_only(unprivileged: Unprivileged):
@@ -237,18 +293,11 @@ def test_file_capabilities_in_the_image_give_nothing(unprivileged: Unprivileged,
     assert prm.split()[1] == eff.split()[1] == "0000000000000000"
 
 
-def test_setuid_su_stays_the_user(unprivileged: Unprivileged, hostile_image):
-    r = unprivileged.run("exec", str(hostile_image), "sh", "-c",
-                         "ls -l /bin/su; su -c 'id -u' root </dev/null; id -u")
-    listing, *rest = r.stdout.splitlines()
-    assert listing.startswith("-rwsr-xr-x")
-    assert rest == [str(unprivileged.uid)]  # su printed nothing: it never ran a command
-    assert "su:" in r.stderr
-
-
 def test_setuid_newuidmap_cannot_map_host_root(unprivileged: Unprivileged, hostile_image):
     """The image ships newuidmap (setuid root) and an /etc/subuid granting the user uid 0: with
-    setuid honoured, the user's namespace would map its root to the host's root."""
+    setuid honoured, the user's namespace would map its root to the host's root. Seen red:
+    the same mapper and newuidmap on the host (the control) exit 0 and map the user's
+    subordinate ids; inside, newuidmap runs as the user and the kernel refuses its write."""
     entry = next((line.split(":") for line in Path("/etc/subuid").read_text().splitlines()
                   if line.startswith(f"{user_name(unprivileged)}:")), None)
     assert entry, "make test-user gives the test user subordinate ids"
@@ -262,7 +311,8 @@ def test_setuid_newuidmap_cannot_map_host_root(unprivileged: Unprivileged, hosti
                          "ls -l /usr/bin/newuidmap; /bin/mapper /usr/bin/newuidmap 0")
     listing, *rest = r.stdout.splitlines()
     assert listing.startswith("-rwsr-xr-x")
-    assert rest[0] != "newuidmap 0" and rest[1] == "map none", r.stderr
+    assert rest == ["newuidmap 1", "map none"], r.stderr
+    assert r.stderr == "newuidmap: write to uid_map failed: Operation not permitted\n"
 
 
 def test_device_node_in_the_image_cannot_be_opened(unprivileged: Unprivileged, hostile_image):
@@ -296,19 +346,84 @@ def test_ranks_inherit_no_descriptor_of_the_node_session(unprivileged: Unprivile
     assert sorted(r.stdout.split()) == sorted(bare.stdout.split()), bare.stderr
 
 
-def test_runtime_binaries_cannot_be_overwritten_through_proc(unprivileged: Unprivileged):
+# CVE-2019-5736's way round "Text file busy": hold each process's executable open through
+# /proc/PID/exe, wait until that process is gone, then reopen the descriptor for writing.
+# Only executables the user may write are tried: those of the job's runtime, here.
+OVERWRITE_ATTACK = r"""
+for exe in /proc/[0-9]*/exe; do
+  pid=${exe#/proc/}; pid=${pid%/exe}
+  setsid sh -c '
+    exec 3< "$1" 2>/dev/null && [ -w /proc/self/fd/3 ] || exit 0
+    echo "target $2"
+    while [ -e "/proc/$2" ]; do sleep 0.05; done
+    if printf X >> /proc/self/fd/3; then echo "wrote $2"; else echo "refused $2"; fi
+  ' - "$exe" "$pid" >> "$1" 2>/dev/null &
+done
+echo tried
+"""
+
+
+def overwrite_attempts(report: Path) -> list[str]:
+    """The attack's report once every process it targeted is gone and was written (or not)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = report.read_text().split()
+        if lines.count("target") == lines.count("wrote") + lines.count("refused"):
+            return report.read_text().splitlines()
+        time.sleep(0.1)
+    pytest.fail(f"the attack did not finish: {report.read_text()!r}")
+
+
+@pytest.fixture
+def own_interpreter(unprivileged: Unprivileged) -> Iterator[Path]:
+    """A copy of Python the test user owns (as a user's own build or conda's would be), and
+    an hpcrun launcher started by it: the runtime and the node's holder run this file."""
+    scratch = Path(tempfile.mkdtemp(prefix="own-python-", dir=unprivileged.root))
+    python = scratch / "python3"
+    shutil.copy(os.path.realpath(PYTHON), python)
+    launcher = scratch / "hpcrun"
+    launcher.write_text(unprivileged.launcher.read_text().replace(f"#!{PYTHON}", f"#!{python}", 1))
+    for path in (scratch, python, launcher):
+        path.chmod(0o755)
+        os.chown(path, unprivileged.uid, unprivileged.gid)
+    yield launcher
+
+
+def test_runtime_cannot_be_overwritten_through_proc(unprivileged: Unprivileged, own_interpreter):
     """runc's CVE-2019-5736: a container process reopens the runtime's executable through
-    /proc/PID/exe and writes it. Every process of the user's job, the node session's holder
-    included, is tried."""
-    targets = [Path(sys.executable).resolve(), unprivileged.launcher]
-    before = {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets}
-    attack = ("for exe in /proc/[0-9]*/exe; do "
-              "  [ -e $exe ] && (: >> $exe) 2>/dev/null && echo WROTE $(readlink $exe); "
-              "done; echo tried")
-    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "2",
-                         str(unprivileged.busybox_sif), "sh", "-c", attack, timeout=120)
-    assert r.stdout == "tried\ntried\n", r.stderr
-    assert {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets} == before
+    /proc/PID/exe and writes it, so the user's next launch runs the image's code on the
+    host. The interpreter is the user's own, so only the container can stop it; every
+    process of the job, the node session's holder included, is tried. Seen red: the same
+    attack on the host (the control) appends to the interpreter; inside, with a patched
+    holder that drops its capabilities in the container's user namespace (capset to none)
+    and no PR_SET_DUMPABLE 0, it wrote the holder's interpreter ("wrote PID"); either
+    protection alone keeps it green."""
+    python = own_interpreter.with_name("python3")
+    script = unprivileged.root / "overwrite-attack.sh"
+    script.write_text(OVERWRITE_ATTACK)
+    script.chmod(0o755)
+    control = unprivileged.root / "control-python3"
+    shutil.copy(python, control)
+    os.chown(control, unprivileged.uid, unprivileged.gid)
+    victim = subprocess.Popen(unprivileged.command(str(control), "-c", "input()"),
+                              stdin=subprocess.PIPE, text=True)
+    report = unprivileged.root / "control-report"
+    subprocess.run(unprivileged.command("sh", str(script), str(report)), check=True)
+    victim.communicate("\n", timeout=60)
+    assert f"wrote {victim.pid}" in overwrite_attempts(report), "the attack works outside"
+    assert control.read_bytes().endswith(b"X")
+
+    before = hashlib.sha256(python.read_bytes()).hexdigest()
+    report = unprivileged.root / "report"
+    r = subprocess.run(unprivileged.command(
+        str(own_interpreter), "exec", "--node-session", secrets.token_hex(8),
+        str(unprivileged.busybox_sif), "sh", str(script), str(report),
+        env={**rank_env(secrets.token_hex(16)), "OMPI_COMM_WORLD_LOCAL_SIZE": "1"}),
+        capture_output=True, text=True, cwd=unprivileged.root, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "tried\n"), r.stderr
+    attempts = overwrite_attempts(report)
+    assert not [line for line in attempts if line.startswith("wrote")], attempts
+    assert hashlib.sha256(python.read_bytes()).hexdigest() == before
 
 
 def test_inspect_follows_sandbox_links_inside_the_sandbox(unprivileged: Unprivileged, tmp_path):
@@ -344,3 +459,83 @@ def test_runscript_linked_out_of_the_image_stays_inside(unprivileged: Unprivileg
         host_script.unlink()
     assert "the host's runscript" not in r.stdout
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+
+
+def rank_env(secret: str) -> dict[str, str]:
+    """What ``hpcrun mpirun`` gives the two ranks of one node: the launch's secret, and the
+    local size, so the holder waits for both and they always share one container."""
+    return {"HPCBIND_NODE_SECRET": secret, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+
+
+def test_launcher_gives_every_rank_a_secret_for_the_session_name(unprivileged: Unprivileged):
+    """Seen red: without the launcher's ``os.environ[SECRET_VARIABLE] = ...``, 0 and 0."""
+    r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "2",
+                         str(unprivileged.busybox_sif), "sh", "-c",
+                         'echo "${#HPCBIND_NODE_SECRET}"', timeout=120)
+    assert (r.returncode, r.stdout) == (0, "32\n32\n"), r.stderr
+
+
+def test_a_squatted_node_session_name_harms_nothing(unprivileged: Unprivileged):
+    """Another user (root here) reads a rank's KEY from /proc/PID/cmdline and binds the name
+    it would give, first: the ranks still share one container (the name carries the
+    launch's secret), and nothing is said. Seen red: with ``socket_name`` ignoring
+    HPCBIND_NODE_SECRET, the ranks were refused ("held by another user") before the
+    fallback, and ran in two containers with the note after it."""
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"\0hpcbind/{unprivileged.uid}/{key}//{view:x}".encode())
+    squatter.listen(8)
+    with squatter:
+        ranks = [unprivileged.popen("exec", "--node-session", key,
+                                    str(unprivileged.busybox_sif), "readlink",
+                                    "/proc/self/ns/mnt", env=rank_env(secret),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outputs = [rank.communicate(timeout=60) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert [err for _, err in outputs] == ["", ""]
+    first, second = (out for out, _ in outputs)
+    assert first == second and first.startswith("mnt:["), "one container for both ranks"
+
+
+def test_a_squatter_who_knows_the_name_only_costs_the_sharing(unprivileged: Unprivileged):
+    """Should another user hold the very name (a rank started without the secret, or a
+    name read from /proc/net/unix and bound after its holder left), each rank runs in a
+    container of its own, with a note, and takes nothing from the squatter, even one that
+    never accepts. Seen red: with ``_receive`` raising on another user's name again (the old
+    behaviour), exit 255; without the connect timeout, the rank hung in connect."""
+    key = secrets.token_hex(8)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"\0hpcbind/{unprivileged.uid}/{key}//{view:x}".encode())
+    squatter.listen(0)  # and never accepts: its backlog fills at once
+    with squatter:
+        r = unprivileged.run("exec", "--node-session", key, str(unprivileged.busybox_sif),
+                             "echo", "ran")
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+    assert r.stderr == (f"hpcrun: note: could not join the node session {key}; this rank "
+                        "runs in a container of its own\n")
+
+
+def test_another_user_cannot_join_a_node_session(unprivileged: Unprivileged):
+    """Another user (root here, who can read the secret) connects to a running holder: the
+    holder hangs up with nothing sent, no namespace descriptor above all. Seen red: with the
+    holder's peer-uid check removed, the connection received the holder's user and mount
+    namespaces (2 descriptors)."""
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    view = os.stat("/proc/self/ns/mnt").st_ino
+    rank = unprivileged.popen("exec", "--node-session", key, str(unprivileged.busybox_sif),
+                              "sh", "-c", "echo joined; read line", env=rank_env(secret),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert rank.stdout.readline() == "joined\n"  # the holder is up and serving
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as intruder:
+            intruder.connect(f"\0hpcbind/{unprivileged.uid}/{key}/{secret}/{view:x}".encode())
+            message, fds, _, _ = socket.recv_fds(intruder, 1 << 20, 2)
+        for fd in fds:
+            os.close(fd)
+        assert (message, len(fds)) == (b"", 0)
+    finally:
+        rank.communicate("\n", timeout=60)
+    assert rank.returncode == 0

@@ -15,6 +15,7 @@ import sys
 from hpcbind.commands import container_options
 from hpcbind.errors import HpcbindError
 from hpcbind.mpi import launcher as mpi_launcher
+from hpcbind.runtime.nodesession import SECRET_VARIABLE
 
 
 def parse(argv: list[str]):
@@ -33,6 +34,8 @@ def run(args) -> int:
     _check_visibility(line, image.path)
     _preflight(args, line, image)
     _raise_open_files_limit()
+    # the ranks' argv is public (/proc), their environment is not: see nodesession
+    os.environ[SECRET_VARIABLE] = secrets.token_hex(16)
     argv = mpi_launcher.rewrite(line, _hpcrun_path(), list(args.flag_tokens),
                                 secrets.token_hex(8), dict(os.environ))
     if args.verbose:

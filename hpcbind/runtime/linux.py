@@ -29,6 +29,7 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 # statvfs f_flag bits -> mount flags. In a user namespace the kernel "locks" the flags a mount

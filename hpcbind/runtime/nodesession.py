@@ -13,7 +13,13 @@ The holder watches its ranks through pidfds (Linux >= 5.3): it exits when the la
 that joined has exited, however it ended (``kill -9`` included), and the kernel then tears
 the namespaces and mounts down; the FUSE server dies with the holder (PR_SET_PDEATHSIG).
 An abstract socket leaves no file behind, and the peer's uid is checked (SO_PEERCRED) both
-ways, so another user cannot squat a KEY or join someone else's container.
+ways, so another user cannot join someone else's container. KEY is in every rank's argv,
+which /proc shows to all users, so the name also carries ``HPCBIND_NODE_SECRET``: ``hpcrun
+mpirun|srun`` puts a fresh one in the ranks' environment, which only the user (and root) can
+read, so no other user can bind the name first. Should another user hold it anyway (ranks
+started by hand without the secret, or a name seen in /proc/net/unix and bound after its
+holder went away), the rank runs in a container of its own, with a note: slower, never
+refused.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import select
 import socket
 import struct
+import sys
 
 from hpcbind.errors import HpcbindError
 from hpcbind.runtime import linux
@@ -34,6 +41,7 @@ _IDLE_EXIT_S = 60.0  # a holder no rank ever joins goes away after this
 # way when the first ones have finished: keep the container this long after the last exit.
 _LINGER_S = 1.0
 _MAX_MESSAGE = 1 << 20
+SECRET_VARIABLE = "HPCBIND_NODE_SECRET"
 
 
 def socket_name(key: str) -> bytes:
@@ -42,16 +50,19 @@ def socket_name(key: str) -> bytes:
     spool and PMIx directory) never share a container, even though abstract sockets are
     shared by everything in the network namespace."""
     view = os.stat("/proc/self/ns/mnt").st_ino
-    return f"\0hpcbind/{os.getuid()}/{key}/{view:x}".encode()
+    secret = os.environ.get(SECRET_VARIABLE, "")
+    return f"\0hpcbind/{os.getuid()}/{key}/{secret}/{view:x}".encode()
 
 
-def join(key: str, expected: int | None, make_container, make_rank_spec) -> "NoReturn":  # noqa: F821
+def join(key: str, expected: int | None, make_container, make_rank_spec) -> None:
     """Join (creating if first) the node's container for ``key`` and exec the program.
 
     expected: how many processes of this launch the node runs (None: unknown, the holder
     lingers after the last one); ``make_container()`` (only the holder calls it) gives the
     container spec to prepare and what to tell each rank (JSON);
     ``make_rank_spec(shared)`` gives this rank's spec from what the holder told it.
+    Returns only when it cannot join (another user holds the name): the caller then runs
+    the rank in a container of its own.
     """
     from hpcbind.runtime.container import execute
 
@@ -67,8 +78,9 @@ def join(key: str, expected: int | None, make_container, make_rank_spec) -> "NoR
             raise HpcbindError(shared["error"], shared.get("fix", ""))
         _enter_namespaces(fds)
         execute(make_rank_spec(shared))
-    raise HpcbindError(f"could not join the node session {key}",
-                       "run again; if it persists, report it with 'hpcrun -v'")
+    # another user holds the name (bound, listening or not), or holders kept dying
+    print(f"hpcrun: note: could not join the node session {key}; this rank runs in a "
+          "container of its own", file=sys.stderr)
 
 
 def _try_bind(key: str) -> socket.socket | None:
@@ -104,6 +116,11 @@ def _holder(listener: socket.socket, make_container, expected: int | None) -> No
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
+        # Its executable (the user's Python, writable by them) stays running on the host
+        # while the ranks' programs run: keep them from reopening it through /proc/PID/exe
+        # (runc's CVE-2019-5736). Its capabilities in the container's user namespace already
+        # do; this holds should it ever drop them. Not before prepare: it writes its uid_map.
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
         fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
                os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)]
     except HpcbindError as err:
@@ -181,13 +198,16 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
 def _receive(key: str) -> tuple[dict, list[int]] | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     with conn:
+        # a squatter that never accepts fills its backlog, where a blocking connect waits
+        # forever: a unix socket's non-blocking connect answers EAGAIN at once instead
+        conn.setblocking(False)
         try:
             conn.connect(socket_name(key))
-        except ConnectionRefusedError:
-            return None  # bound but not listening yet, or gone: try again
+        except (ConnectionRefusedError, BlockingIOError):
+            return None  # bound but not listening yet, backlog full, or gone: try again
+        conn.setblocking(True)
         if _peer(conn)[1] != os.getuid():
-            raise HpcbindError(f"node session {key} is held by another user",
-                               "use a different key (hpcrun picks a random one per launch)")
+            return None  # squatted: never take namespaces from another user
         try:
             message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
         except ConnectionResetError:
