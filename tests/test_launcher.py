@@ -129,7 +129,9 @@ def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
     (["srun", "-n", "2", "{sif}", "true"], {"PATH": "/nonexistent"},
      "launcher srun not found on PATH"),
     (["mpirun.openmpi", "-np", "2", "{missing}", "true"], {}, "not found"),
-    (["mpirun.openmpi", "-np", "2", "--host", "{sif}", "true"], {}, ""),
+    # --host takes the image as its value: "true" is then the image, with no command
+    (["mpirun.openmpi", "-np", "2", "--host", "{sif}", "true"], {},
+     "no command after the image true"),
 ])
 def test_launcher_errors_before_any_rank(unprivileged: Unprivileged, args, env, message):
     subs = {"{sif}": str(unprivileged.busybox_sif), "{missing}": "/nonexistent/app.sif"}
