@@ -275,8 +275,7 @@ def _plan_bind(mount, log: list[str]) -> Bind:
                    "nodev)")
     return Bind(mount.source, mount.destination, read_only="ro" in options,
                 recursive="rbind" in options, need=str(mount.need),
-                noexec="noexec" in options, provider=mount.provider,
-                reason=f"{mount.rule}: {mount.reason}" if mount.reason else mount.rule)
+                noexec="noexec" in options, provider=mount.provider, reason=_why(mount))
 
 
 def _plan_devices(devices, dev_minimal: bool, log: list[str]) -> list[DeviceBind]:
@@ -288,9 +287,13 @@ def _plan_devices(devices, dev_minimal: bool, log: list[str]) -> list[DeviceBind
             log.append(f"device {d.path} ({d.provider}): not bound by itself, the host's /dev "
                        "is (mount.dev = yes)")
             continue
-        kept.append(DeviceBind(d.source, d.path, d.provider, f"{d.rule}: {d.reason}"
-                               if d.reason else d.rule))
+        kept.append(DeviceBind(d.source, d.path, d.provider, _why(d)))
     return kept
+
+
+def _why(entry) -> str:
+    """A plan entry's reason as the spec shows it: the rule that chose it, and why."""
+    return f"{entry.rule}: {entry.reason}" if entry.reason else entry.rule
 
 
 def _log_shadowed(binds: list[Bind], log: list[str]) -> None:

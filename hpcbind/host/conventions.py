@@ -3,12 +3,27 @@ runtime reads this module on every rank's path)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from itertools import groupby
 
 # The PATH a process gets when nothing else says (Debian's /etc/login.defs ENV_SUPATH, which
 # Apptainer also sets in containers)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CACHE_ENV = "HPCRUN_CACHEDIR"
+
+
+def user_cache_dir() -> str:
+    """hpcbind's cache for this user: ``$HPCRUN_CACHEDIR``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/hpcbind`` (pulled images, unpacked roots, image facts)."""
+    return os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcbind")
+
+
+def file_identity_key(st: os.stat_result, offset: int = 0) -> str:
+    """A cache key for what a file holds at ``offset``: device, inode, size and modification
+    time, so a rebuilt image gets a new key without its content being read."""
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{offset:x}"
 
 
 def natural_key(name: str) -> tuple[tuple[tuple[int, int | str], ...], str]:

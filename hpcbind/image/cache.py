@@ -30,18 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import CACHE_ENV, user_cache_dir
 from hpcbind.image import oci
 from hpcbind.image.oci import FetchOptions, Reference
 
-CACHE_ENV = "HPCRUN_CACHEDIR"
-
-
 def cache_dir() -> Path:
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "hpcbind"
+    return Path(user_cache_dir())
 
 
 @dataclass(frozen=True, slots=True)

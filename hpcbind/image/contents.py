@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcbind.errors import HpcbindError
-from hpcbind.host.conventions import natural_key
+from hpcbind.host.conventions import file_identity_key, natural_key, user_cache_dir
 from hpcbind.host.elf import ElfInfo, elf_info, max_version
 from hpcbind.host.loader import (LD_SO_CONF, SHARED_OBJECT, glob_in_root, library_dirs,
                                  shipped_libraries)
@@ -98,10 +98,8 @@ def cached_image_facts(path: Path, offset: int = 0, cache_dir: Path | None = Non
     (device, inode, size, modification time) and the partition offset; a rebuilt image gets
     a new key.
     """
-    st = path.stat()
-    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{offset:x}"
-    base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    entry = base / "hpcbind" / "facts" / f"{key}.json"
+    base = cache_dir / "hpcbind" if cache_dir else Path(user_cache_dir())
+    entry = base / "facts" / f"{file_identity_key(path.stat(), offset)}.json"
     try:
         return facts_from_dict(json.loads(entry.read_text()))
     except (OSError, ValueError, KeyError, TypeError):

@@ -34,13 +34,12 @@ def place(env: Mapping[str, str]) -> Place | None:
     Open MPI is asked first and Hydra second: both may run inside a Slurm allocation, whose
     SLURM_* variables their ranks then inherit without being srun's tasks.
     """
-    if _number(env, "OMPI_COMM_WORLD_LOCAL_RANK") is not None:
-        return Place("openmpi", _number(env, "OMPI_COMM_WORLD_LOCAL_RANK"),
-                     _number(env, "OMPI_COMM_WORLD_LOCAL_SIZE"))
+    if (local := _number(env, "OMPI_COMM_WORLD_LOCAL_RANK")) is not None:
+        return Place("openmpi", local, _number(env, "OMPI_COMM_WORLD_LOCAL_SIZE"))
     if "PMI_RANK" in env and ("PMI_FD" in env or "MPI_LOCALRANKID" in env):
         return Place("hydra", _number(env, "MPI_LOCALRANKID"), _number(env, "MPI_LOCALNRANKS"))
-    if "SLURM_STEP_ID" in env and _number(env, "SLURM_LOCALID") is not None:
-        return Place("slurm", _number(env, "SLURM_LOCALID"), slurm_tasks_on_node(env))
+    if "SLURM_STEP_ID" in env and (local := _number(env, "SLURM_LOCALID")) is not None:
+        return Place("slurm", local, slurm_tasks_on_node(env))
     if "PMIX_RANK" in env:
         return Place("pmix", None, None)
     return None
@@ -56,9 +55,10 @@ def slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:
     counts: list[int] = []
     for item in tasks.split(","):
         count, _, repeat = item.partition("(x")
-        if not count.isdigit() or not repeat.rstrip(")").isdigit() and repeat:
+        times = repeat.removesuffix(")") if repeat else "1"
+        if not count.isdigit() or not times.isdigit():
             return None
-        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+        counts += [int(count)] * int(times)
     return counts[node] if node < len(counts) else None
 
 

@@ -19,6 +19,7 @@ import struct
 from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import file_identity_key, user_cache_dir
 from hpcbind.image.source import ImageSource
 from hpcbind.runtime import linux
 
@@ -155,10 +156,8 @@ def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd
 def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
     """The image unpacked under the cache, keyed by file identity; reused when present."""
     st = os.fstat(image_fd)
-    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{image.offset:x}"
-    base = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME")
-                                     or os.path.expanduser("~/.cache"), "hpcbind", "rootfs")
-    rootfs = os.path.join(base, key)
+    base = cache_dir or os.path.join(user_cache_dir(), "rootfs")
+    rootfs = os.path.join(base, file_identity_key(st, image.offset))
     if os.path.isdir(rootfs):
         return rootfs
     os.makedirs(base, exist_ok=True)
