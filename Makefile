@@ -15,15 +15,17 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux \
 	uidmap libcap2-bin skopeo umoci docker-registry
 
-.PHONY: demo test deps venv test-user example bench bench-osu clean
+STARTER := $(VENV)/bin/hpcrun-starter
+
+.PHONY: demo test deps venv starter test-user example bench bench-osu clean
 
 # The example's runscript (an mpi4py hello) as 4 ranks, the host's mpirun starting them in
 # one container per node; root needs Open MPI's explicit consent.
-demo: deps venv example
+demo: deps venv starter example
 	$(HPCRUN) mpirun.openmpi --allow-run-as-root --oversubscribe -np 4 $(EXAMPLE) \
 		/.singularity.d/runscript
 
-test: deps venv bytecode test-user example
+test: deps venv starter bytecode test-user example
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # apt only when something is missing: `apt-get update` alone takes ~20 s
@@ -49,6 +51,12 @@ $(VENV)/.installed: pyproject.toml scripts/hpcrun.in
 	chmod 755 $(HPCRUN)
 	touch $@
 
+# The ranks' way into their node's container without a Python interpreter each (see
+# hpcbind/runtime/starter.c); hpcrun mpirun|srun use it when it sits next to hpcrun.
+starter: $(STARTER)
+$(STARTER): hpcbind/runtime/starter.c | venv
+	gcc -O2 -Wall -Wextra -Werror -o $@ $<
+
 # Bytecode for every user: the unprivileged user (and MPI ranks) cannot write __pycache__
 # here, and without it each launch recompiles the modules it imports (~30 ms).
 bytecode: venv
@@ -65,10 +73,10 @@ example: $(EXAMPLE)
 $(EXAMPLE): examples/example.def benchmarks/launch/mpi_hello.c | venv
 	$(HPCRUN) build --force $@ examples/example.def
 
-bench: deps venv
+bench: deps venv starter
 	$(VENV)/bin/python benchmarks/launch/bench_exec.py
 
-bench-osu: deps venv bytecode example
+bench-osu: deps venv starter bytecode example
 	$(VENV)/bin/python benchmarks/osu/run.py
 
 clean:

@@ -121,7 +121,8 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
     spec = ContainerSpec(
         image=image,
         argv=options.argv,
-        env=environment(options, config, caller.env, image, home_dst, plan_edits),
+        env=environment(options, config, caller.env, image, home_dst, plan_edits,
+                        user_assignments(options)),
         cwd=initial_dir(options, config, caller.cwd, home_dst),
         binds=tuple(binds),
         devices=tuple(devices),
@@ -147,7 +148,7 @@ def node_share(assembly: Assembly, gpus_and_hcas) -> dict:
 
 
 def rank_spec(options: RunOptions, config, caller: Caller, shared: dict, where,
-              rank_numa) -> ContainerSpec:
+              rank_numa, log: list[str]) -> ContainerSpec:
     """A rank joining its node's container: its own environment and directory, the node's
     edits (user settings and plan, computed once by the holder), its own GPU and HCA.
 
@@ -156,16 +157,17 @@ def rank_spec(options: RunOptions, config, caller: Caller, shared: dict, where,
     """
     image = ImageSource(*shared["image"])
     home = shared["home"]
-    base = environment(options, config, caller.env, image, home, [])
+    base = environment(options, config, caller.env, image, home, [], [])  # edits: the node's
     edits = tuple(EnvEdit(*e) for e in shared["edits"])
-    edits += rank_binding(options, shared.get("devices"), where, rank_numa)
+    edits += rank_binding(options, shared.get("devices"), where, rank_numa, log)
     env = ContainerEnv(base.base, edits, own_values(edits, caller.env))
     return ContainerSpec(image=image, argv=options.argv, env=env,
                          cwd=initial_dir(options, config, caller.cwd, home), home=home,
                          exec_hint=options.exec_hint, verbose=options.verbose)
 
 
-def rank_binding(options: RunOptions, devices, where, rank_numa) -> tuple[EnvEdit, ...]:
+def rank_binding(options: RunOptions, devices, where, rank_numa,
+                 log: list[str]) -> tuple[EnvEdit, ...]:
     """``--gpu-bind``: the variables narrowing this rank to its own GPU and HCA."""
     if not options.gpu_bind or options.gpu_bind == "none" or not devices or where is None \
             or where.local_rank is None:
@@ -177,8 +179,7 @@ def rank_binding(options: RunOptions, devices, where, rank_numa) -> tuple[EnvEdi
     choice = binding.choose(binding.parse_policy(options.gpu_bind), where.local_rank,
                             where.local_size or 0, gpus, hcas, rank_numa())
     variables = binding.choice_env(choice)
-    if options.verbose:
-        os.write(2, f"hpcrun: gpu-bind {choice.reason}: {variables}\n".encode())
+    log.append(f"gpu-bind {choice.reason}: {variables}")
     return tuple(EnvEdit("set", k, v) for k, v in variables)
 
 
@@ -190,12 +191,18 @@ def initial_dir(options: RunOptions, config, cwd: str, home: str) -> str:
     return options.pwd or (home if contained(options, config) else cwd)
 
 
-def environment(options: RunOptions, config, host_env: dict[str, str], image: ImageSource,
-                home: str, plan_edits: list[EnvEdit]) -> ContainerEnv:
+def user_assignments(options: RunOptions) -> list[tuple[str, str]]:
+    """--env and --env-file, read on the host (a node's holder answers from inside)."""
     user_env = [pair for item in options.env
                 for pair in parse_env_assignments(item.split(","), "--env")]
     for path in options.env_files:
         user_env += read_env_file(path)
+    return user_env
+
+
+def environment(options: RunOptions, config, host_env: dict[str, str], image: ImageSource,
+                home: str, plan_edits: list[EnvEdit],
+                user_env: list[tuple[str, str]]) -> ContainerEnv:
     cleanenv = options.cleanenv or options.containall or config["defaults.cleanenv"]
     return container_env(host_env, home=home, cleanenv=cleanenv, user_env=user_env,
                          runtime_vars=_runtime_vars(image), plan_edits=plan_edits)

@@ -23,30 +23,46 @@ from hpcbind.runtime.container import enter
 
 
 def run(options: RunOptions, config) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
-    caller = _caller()
     if options.node_session:
-        run_rank(options, config, caller)
+        run_rank(options, config)
+    caller = _caller()
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
     _show_log(assembly, options)
     spec = assembly.spec
     if options.gpu_bind and plan is not None:  # a rank started without a node session
+        log: list[str] = []
         narrowed = rank_binding(options, _gpus_and_hcas(plan), rankenv.place(caller.env),
-                                _rank_numa)
+                                lambda: _rank_numa(os.getpid(), _numa_cpulists()), log)
+        _show_log(Assembly(spec, log, ()), options)
         spec = spec._replace(env=spec.env._replace(edits=spec.env.edits + narrowed))
     enter(spec)
 
 
-def run_rank(options: RunOptions, config, caller: Caller) -> None:
+def run_rank(options: RunOptions, config) -> None:
     """Join the node's container and exec; returns only when the node session cannot be
-    joined (its name held by another user): ``run`` then makes this rank its own container."""
+    joined (its name held by another user): ``run`` then makes this rank its own container.
+
+    The node's holder computes each rank's spec from the rank's own argv, environment and
+    directory, so a rank that hpcrun-starter (C) brings in gets what this one gets."""
     from hpcbind.runtime import nodesession
 
+    listener = nodesession.inherited_listener()  # before the environment is read
+    caller = _caller()
     where = rankenv.place(caller.env)
+
+    def make_rank(shared: dict, request) -> tuple:
+        log: list[str] = []
+        spec = rank_spec(options._replace(argv=tuple(request.argv)), config,
+                         Caller(request.env, request.cwd, caller.home), shared,
+                         rankenv.place(request.env),
+                         lambda: _rank_numa(request.pid, shared["cpulists"]), log)
+        return spec, "".join(f"hpcrun: {line}\n" for line in log) if options.verbose else ""
+
     nodesession.join(
-        options.node_session, where.local_size if where else None,
+        options.node_session, where.local_size if where else None, list(options.argv),
+        caller.env, caller.cwd, listener,
         make_container=lambda: _node_container(options, config, caller),
-        make_rank_spec=lambda shared: rank_spec(options, config, caller, shared, where,
-                                                _rank_numa))
+        make_rank=make_rank)
 
 
 def dry_run(options: RunOptions, config) -> Assembly:
@@ -65,7 +81,10 @@ def _node_container(options: RunOptions, config, caller: Caller):
     """The holder's work, once per node: the spec it prepares, and what it tells each rank."""
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
     _show_log(assembly, options)
-    return assembly.spec, node_share(assembly, _gpus_and_hcas(plan) if plan else None)
+    shared = node_share(assembly, _gpus_and_hcas(plan) if plan else None)
+    # read on the host: the holder answers ranks from inside the container
+    shared["cpulists"] = _numa_cpulists() if options.gpu_bind else {}
+    return assembly.spec, shared
 
 
 def _gpus_and_hcas(plan) -> list[list[list]]:
@@ -129,14 +148,19 @@ def _show_log(assembly: Assembly, options: RunOptions) -> None:
         os.write(2, "".join(f"hpcrun: {line}\n" for line in assembly.log).encode())
 
 
-def _rank_numa() -> set[int]:
-    """The NUMA nodes of the CPUs this process may run on."""
+def _rank_numa(pid: int, cpulists: dict) -> set[int]:
+    """The NUMA nodes of the CPUs process ``pid`` may run on."""
     from hpcbind.mpi.binding import numa_of_cpus
 
+    return numa_of_cpus(set(os.sched_getaffinity(pid)),
+                        {int(node): cpus for node, cpus in cpulists.items()})
+
+
+def _numa_cpulists() -> dict[int, str]:
     base = "/sys/devices/system/node"
     cpulists = {}
     for entry in os.listdir(base) if os.path.isdir(base) else ():
         if entry.startswith("node") and entry[4:].isdigit():
             with open(f"{base}/{entry}/cpulist") as f:
                 cpulists[int(entry[4:])] = f.read()
-    return numa_of_cpus(set(os.sched_getaffinity(0)), cpulists)
+    return cpulists

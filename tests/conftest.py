@@ -66,6 +66,15 @@ class Unprivileged:
                                                      f"--regid={self.gid}", "--clear-groups"]
         return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *argv]
 
+    def rank_command(self, via: str, key: str, *args: str) -> list[str]:
+        """A rank as hpcrun mpirun|srun start it, ``hpcrun exec --node-session KEY ARGS``,
+        ARGS being the image and the command: straight ("python"), or behind
+        hpcrun-starter ("starter"), which takes the Python path only to start the holder."""
+        hpcrun = [str(self.launcher), "exec", "--node-session", key, args[0]]
+        if via == "starter":
+            hpcrun = [str(self.root / "hpcrun-starter"), key, str(len(hpcrun)), *hpcrun]
+        return [*hpcrun, *args[1:]]
+
     def popen(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args, env=env), cwd=str(self.root), **kw)
 
@@ -90,10 +99,14 @@ def unprivileged(data: Path) -> Iterator[Unprivileged]:
     launcher = root / "hpcrun"
     launcher.write_text(f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {str(root / 'pkg')!r})\n"
                         "from hpcbind.cli import main\nsys.exit(main())\n")
+    # next to hpcrun, where hpcrun mpirun|srun look for it (make puts it in .venv/bin)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(root / "hpcrun-starter"),
+                    str(REPO / "hpcbind" / "runtime" / "starter.c")], check=True)
     sif = root / "busybox.sif"
     shutil.copyfile(BUSYBOX_SIF, sif)
     for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() or path == launcher else 0o644)
+        path.chmod(0o755 if path.is_dir() or path.parent == root and path.name.startswith(
+            "hpcrun") else 0o644)
         os.chown(path, uid, gid)
     yield Unprivileged(root, launcher, sif, uid, gid)
     shutil.rmtree(root, ignore_errors=True)

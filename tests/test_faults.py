@@ -207,14 +207,20 @@ def test_killed_while_unpacking_the_image(unprivileged: Unprivileged, workdir: P
     assert leftovers(unprivileged.uid, before) == {}
 
 
-def node_rank(unprivileged: Unprivileged, key: str, env: dict[str, str]) -> subprocess.Popen:
-    return start(unprivileged, "exec", "--node-session", key, str(unprivileged.busybox_sif),
-                 "echo", "in", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def node_rank(unprivileged: Unprivileged, key: str, env: dict[str, str],
+              via: str) -> subprocess.Popen:
+    argv = unprivileged.rank_command(via, key, str(unprivileged.busybox_sif), "echo", "in")
+    return subprocess.Popen(unprivileged.command(*argv, env=env), cwd=str(unprivileged.root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+VIAS = ["python", "starter"]
+
+
+@pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("reaped", [False, True], ids=["zombie-beside-a-rank", "reaped-alone"])
 def test_a_rank_killed_while_its_node_container_is_set_up(unprivileged: Unprivileged,
-                                                          workdir: Path, reaped: bool):
+                                                          workdir: Path, reaped: bool, via: str):
     """Under a launcher the first rank of a node forks a holder that sets the container up for
     all of them. A rank killed while it waits must neither take the holder down with it (a
     zombie's socket failed the holder's reply with EPIPE, and the other ranks with it) nor
@@ -223,9 +229,9 @@ def test_a_rank_killed_while_its_node_container_is_set_up(unprivileged: Unprivil
     with Gate(workdir / "fuse-gate", FUSE_GATE, unprivileged) as gate:
         env = site_config(workdir, f'[image]\nsquashfuse = "{gate.path}"\n')
         before = HostState.now(unprivileged.uid)
-        killed = node_rank(unprivileged, key, env)
+        killed = node_rank(unprivileged, key, env, via)
         gate.wait_started()
-        others = [] if reaped else [node_rank(unprivileged, key, env)]
+        others = [] if reaped else [node_rank(unprivileged, key, env, via)]
         wait_for(lambda: all(blocked_in(r.pid, "unix_stream_read") for r in [killed, *others]),
                  "the ranks wait for the holder")
         killed.kill()
@@ -239,17 +245,18 @@ def test_a_rank_killed_while_its_node_container_is_set_up(unprivileged: Unprivil
         assert leftovers(unprivileged.uid, before) == {}
 
 
+@pytest.mark.parametrize("via", VIAS)
 def test_ranks_start_over_when_their_holder_is_killed_during_set_up(unprivileged: Unprivileged,
-                                                                    workdir: Path):
+                                                                    workdir: Path, via: str):
     """The waiting ranks see the holder's connection reset: one of them starts a new holder
     and both run (they used to fail with a ConnectionResetError traceback)."""
     key = f"faults-{os.getpid()}-{time.monotonic_ns()}"
     with Gate(workdir / "fuse-gate", FUSE_GATE, unprivileged) as gate:
         env = site_config(workdir, f'[image]\nsquashfuse = "{gate.path}"\n')
         before = HostState.now(unprivileged.uid)
-        ranks = [node_rank(unprivileged, key, env)]
+        ranks = [node_rank(unprivileged, key, env, via)]
         gate.wait_started()
-        ranks.append(node_rank(unprivileged, key, env))
+        ranks.append(node_rank(unprivileged, key, env, via))
         wait_for(lambda: all(blocked_in(r.pid, "unix_stream_read") for r in ranks),
                  "both ranks wait for the holder")
         (holder,) = set(user_processes(unprivileged.uid, "hpcrun")) - {r.pid for r in ranks}
@@ -301,21 +308,28 @@ def test_full_session_layer(unprivileged: Unprivileged, workdir: Path, options: 
     assert leftovers(unprivileged.uid, before) == {}
 
 
-@pytest.mark.parametrize("mode", ["squashfuse", "extracted", "node-session"])
+@pytest.mark.parametrize("mode", ["squashfuse", "extracted", "node-session", "starter"])
 def test_200_launches_at_once(unprivileged: Unprivileged, workdir: Path, mode: str):
     """200 containers at once (200 FUSE servers; one unpacking, shared, when there is no
-    FUSE), or 200 ranks joining one node's container."""
+    FUSE), or 200 ranks joining one node's container, in Python or through hpcrun-starter."""
     count = 200
-    env, session = {}, []
+    env = {}
     if mode == "extracted":
         env = {**site_config(workdir, '[image]\nsquashfuse = "absent"\n'),
                "XDG_CACHE_HOME": str(workdir / "cache")}
-    if mode == "node-session":
-        session = ["--node-session", f"faults-{os.getpid()}-{time.monotonic_ns()}"]
+    key = f"faults-{os.getpid()}-{time.monotonic_ns()}"
+
+    def argv(i: int) -> list[str]:
+        args = (str(unprivileged.busybox_sif), "sh", "-c",
+                'echo "$0 $(id -un) $(wc -c < /bin/busybox)"', str(i))
+        if mode in ("node-session", "starter"):
+            return unprivileged.rank_command("python" if mode == "node-session" else mode, key,
+                                             *args)
+        return [str(unprivileged.launcher), "exec", *args]
+
     before = HostState.now(unprivileged.uid)
-    procs = [start(unprivileged, "exec", *session, str(unprivileged.busybox_sif), "sh", "-c",
-                   'echo "$0 $(id -un) $(wc -c < /bin/busybox)"', str(i), env=env,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(unprivileged.command(*argv(i), env=env), cwd=str(unprivileged.root),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(count)]
     results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     size = "".join(results[0][0].split()[-1:])  # the same file for all

@@ -44,11 +44,15 @@ def test_split_finds_the_image_after_the_launchers_options(family):
 def test_rewrite_runs_each_rank_through_hpcrun_exec():
     line = launcher.split(LINES[launcher.OPENMPI][0])
     env = {"HPCBIND_CONFIG": "/etc/x.toml", "APPTAINERENV_A": "1", "HOME": "/h"}
-    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env) == [
+    rank = ["/opt/hpcrun", "exec", "--node-session", "KEY", "--nv", "app.sif"]
+    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env, None) == [
         "mpirun", "-x", "APPTAINERENV_A", "-x", "HPCBIND_CONFIG", *LINES[launcher.OPENMPI][1],
-        "/opt/hpcrun", "exec", "--node-session", "KEY", "--nv", "app.sif", "./solver", "-n", "3"]
+        *rank, "./solver", "-n", "3"]
+    # the starter is told how many words precede the program
+    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env, "/opt/hpcrun-starter")[
+        -len(rank) - 6:] == ["/opt/hpcrun-starter", "KEY", "6", *rank, "./solver", "-n", "3"]
     srun = launcher.split(LINES[launcher.SLURM][0])
-    assert launcher.rewrite(srun, "/opt/hpcrun", [], "K", env)[:7] == ["srun", "-N", "3",
+    assert launcher.rewrite(srun, "/opt/hpcrun", [], "K", env, None)[:7] == ["srun", "-N", "3",
                                                                       "--ntasks=6", "--mpi",
                                                                       "pmix", "-O"]
 

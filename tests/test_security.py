@@ -499,7 +499,9 @@ def test_a_squatted_node_session_name_harms_nothing(unprivileged: Unprivileged):
     assert first == second and first.startswith("mnt:["), "one container for both ranks"
 
 
-def test_a_squatter_who_knows_the_name_only_costs_the_sharing(unprivileged: Unprivileged):
+@pytest.mark.parametrize("via", ["python", "starter"])
+def test_a_squatter_who_knows_the_name_only_costs_the_sharing(unprivileged: Unprivileged,
+                                                              via: str):
     """Should another user hold the very name (a rank started without the secret, or a
     name read from /proc/net/unix and bound after its holder left), each rank runs in a
     container of its own, with a note, and takes nothing from the squatter, even one that
@@ -511,8 +513,9 @@ def test_a_squatter_who_knows_the_name_only_costs_the_sharing(unprivileged: Unpr
     squatter.bind(f"\0hpcbind/{unprivileged.uid}/{key}//{view:x}".encode())
     squatter.listen(0)  # and never accepts: its backlog fills at once
     with squatter:
-        r = unprivileged.run("exec", "--node-session", key, str(unprivileged.busybox_sif),
-                             "echo", "ran")
+        argv = unprivileged.rank_command(via, key, str(unprivileged.busybox_sif), "echo", "ran")
+        r = subprocess.run(unprivileged.command(*argv), capture_output=True, text=True,
+                           timeout=60)
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
     assert r.stderr == (f"hpcrun: note: could not join the node session {key}; this rank "
                         "runs in a container of its own\n")

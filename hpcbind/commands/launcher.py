@@ -36,8 +36,9 @@ def run(args) -> int:
     _raise_open_files_limit()
     # the ranks' argv is public (/proc), their environment is not: see nodesession
     os.environ[SECRET_VARIABLE] = secrets.token_hex(16)
-    argv = mpi_launcher.rewrite(line, _hpcrun_path(), list(args.flag_tokens),
-                                secrets.token_hex(8), dict(os.environ))
+    hpcrun = _hpcrun_path()
+    argv = mpi_launcher.rewrite(line, hpcrun, list(args.flag_tokens), secrets.token_hex(8),
+                                dict(os.environ), _starter_path(hpcrun))
     if args.verbose:
         print("hpcrun:", " ".join(argv), file=sys.stderr)
     os.execv(launcher_path, argv)
@@ -148,6 +149,13 @@ def _raise_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _starter_path(hpcrun: str) -> str | None:
+    """hpcrun-starter, installed next to hpcrun by ``make``; without it ranks take the
+    Python path, which does the same work slower."""
+    starter = os.path.join(os.path.dirname(hpcrun), "hpcrun-starter")
+    return starter if os.access(starter, os.X_OK) else None
 
 
 def _hpcrun_path() -> str:

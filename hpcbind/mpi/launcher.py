@@ -120,12 +120,16 @@ def split(argv: list[str]) -> LauncherLine:
 
 
 def rewrite(line: LauncherLine, hpcrun: str, exec_flags: list[str], key: str,
-            env: dict[str, str]) -> list[str]:
-    """The launcher command that runs every rank through ``hpcrun exec`` in the node session."""
+            env: dict[str, str], starter: str | None) -> list[str]:
+    """The launcher command that runs every rank through ``hpcrun exec`` in the node session,
+    behind ``hpcrun-starter`` (C) when there is one: a rank that finds its node's holder
+    then joins without starting Python (see hpcbind/runtime/starter.c)."""
     forwarded = [arg for name in sorted(env) if name.startswith(FORWARDED_PREFIXES)
                  for arg in ENV_FORWARD[line.family](name)]
-    rank = [hpcrun, "exec", "--node-session", key, *exec_flags, line.image, *line.command]
-    return [line.launcher, *forwarded, *line.options, *rank]
+    prefix = [hpcrun, "exec", "--node-session", key, *exec_flags, line.image]
+    if starter:
+        prefix = [starter, key, str(len(prefix)), *prefix]
+    return [line.launcher, *forwarded, *line.options, *prefix, *line.command]
 
 
 def not_an_image_hint(line: LauncherLine) -> str:

@@ -24,7 +24,6 @@ kernel tears the namespace down, and the squashfuse server (PR_SET_PDEATHSIG) di
 from __future__ import annotations
 
 import os
-import sys
 from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
@@ -236,25 +235,53 @@ def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
 
 def execute(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
     """Step 6, in a process already inside the container (by prepare, or by joining one)."""
-    try:
-        os.chdir(spec.cwd)
-    except OSError:
-        os.chdir(spec.home if os.path.isdir(spec.home) else "/")
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    argv, env = command_line(spec)
+    apply(RankExec(argv, env, spec.cwd, spec.home, *failure_line(spec)))
+
+
+class RankExec(namedtuple("RankExec", "argv env cwd home failure_prefix failure_suffix")):
+    """What is left to do once inside: the command and environment as they reach execve, the
+    directory (home, then /, when it is missing), and the line to print when execve fails
+    (around its strerror). A node's holder computes it for each rank; C or Python apply it."""
+
+    __slots__ = ()
+
+
+def command_line(spec: ContainerSpec) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for execve, run inside the container: through /bin/sh when the
+    image has env scripts to source (as Apptainer images expect), else as given."""
     argv = list(spec.argv)
     if spec.use_env_scripts and os.path.isdir(ENV_SCRIPTS) and os.access("/bin/sh", os.X_OK):
-        env = dict(spec.env.base)
         script = (f'for f in {ENV_SCRIPTS}/*.sh; do [ -f "$f" ] && . "$f"; done\n'
                   f'{spec.env.shell_edits()}\nexec "$@"')
-        argv = ["/bin/sh", "-c", script, argv[0]] + argv
-    else:
-        env = spec.env.final()
+        return ["/bin/sh", "-c", script, argv[0]] + argv, dict(spec.env.base)
+    return argv, spec.env.final()
+
+
+def failure_line(spec: ContainerSpec) -> tuple[str, str]:
+    hint = spec.exec_hint or "check that the command exists in the image"
+    return (f"hpcrun: error: can't execute {spec.argv[0]} in {spec.image.path}: ",
+            f"; {hint}")
+
+
+def apply(rank: RankExec) -> "NoReturn":  # noqa: F821
+    """The last step, which hpcrun-starter (C) repeats for ranks that join a node's
+    container without Python: keep both alike."""
     try:
-        os.execvpe(argv[0], argv, env)
+        os.chdir(rank.cwd)
+    except OSError:
+        os.chdir(rank.home if os.path.isdir(rank.home) else "/")
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    # Python ignores these at start-up and execve keeps what is ignored: the program would
+    # start with writes to a closed pipe failing quietly (EPIPE) instead of killing it
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    try:
+        os.execvpe(rank.argv[0], rank.argv, rank.env)
     except OSError as err:
-        hint = spec.exec_hint or "check that the command exists in the image"
-        print(f"hpcrun: error: can't execute {spec.argv[0]} in {spec.image.path}: "
-              f"{err.strerror}; {hint}", file=sys.stderr)
+        os.write(2, f"{rank.failure_prefix}{err.strerror}{rank.failure_suffix}\n".encode())
         os._exit(255)
 
 

@@ -24,15 +24,16 @@ refused.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
 import struct
 import sys
+from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
 from hpcbind.runtime import linux
+from hpcbind.runtime.container import RankExec, apply, command_line, failure_line
 
 CLONE_NEWUSER = linux.CLONE_NEWUSER
 CLONE_NEWNS = linux.CLONE_NEWNS
@@ -41,7 +42,9 @@ _IDLE_EXIT_S = 60.0  # a holder no rank ever joins goes away after this
 # way when the first ones have finished: keep the container this long after the last exit.
 _LINGER_S = 1.0
 _MAX_MESSAGE = 1 << 20
+_REQUEST_TIMEOUT_S = 5.0
 SECRET_VARIABLE = "HPCBIND_NODE_SECRET"
+LISTENER_VARIABLE = "HPCBIND_NODE_LISTENER"
 
 
 def socket_name(key: str) -> bytes:
@@ -54,33 +57,114 @@ def socket_name(key: str) -> bytes:
     return f"\0hpcbind/{os.getuid()}/{key}/{secret}/{view:x}".encode()
 
 
-def join(key: str, expected: int | None, make_container, make_rank_spec) -> None:
-    """Join (creating if first) the node's container for ``key`` and exec the program.
+class Request(namedtuple("Request", "pid argv env cwd")):
+    """A rank asking to join: its pid (from the socket), command, environment and directory."""
+
+    __slots__ = ()
+
+
+def join(key: str, expected: int | None, argv: list[str], env: dict[str, str], cwd: str,
+         listener: socket.socket | None, make_container, make_rank) -> None:
+    """Join (creating if first) the node's container for ``key`` and exec ``argv``.
 
     expected: how many processes of this launch the node runs (None: unknown, the holder
-    lingers after the last one); ``make_container()`` (only the holder calls it) gives the
-    container spec to prepare and what to tell each rank (JSON);
-    ``make_rank_spec(shared)`` gives this rank's spec from what the holder told it.
+    lingers after the last one). Only the holder calls ``make_container()``, which gives the
+    container spec to prepare and what it keeps for the ranks (``shared``), and
+    ``make_rank(shared, Request)``, which gives a rank's ContainerSpec and the notes to
+    print for it. A rank only applies what it is sent, as hpcrun-starter does.
     Returns only when it cannot join (another user holds the name): the caller then runs
-    the rank in a container of its own.
+    the rank in a container of its own. ``listener``: from ``inherited_listener``.
     """
-    from hpcbind.runtime.container import execute
-
+    request = _pack(["1", cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())])
     for _ in range(5):  # a holder may be exiting just as we connect: start over
-        listener = _try_bind(key)
+        if listener is None:
+            listener = _try_bind(key)
         if listener is not None:
-            _spawn_holder(listener, make_container, expected)
-        reply = _receive(key)
+            _spawn_holder(listener, make_container, make_rank, expected)
+            listener = None
+        reply = _exchange(key, request)
         if reply is None:
             continue
-        shared, fds = reply
-        if "error" in shared:
-            raise HpcbindError(shared["error"], shared.get("fix", ""))
+        fields, fds = reply
+        if fields[0] == "error":
+            raise HpcbindError(fields[1])
+        notes, rank = fields[1], _rank_exec(fields)
         _enter_namespaces(fds)
-        execute(make_rank_spec(shared))
+        if notes:
+            os.write(2, notes.encode())
+        apply(rank)
     # another user holds the name (bound, listening or not), or holders kept dying
     print(f"hpcrun: note: could not join the node session {key}; this rank runs in a "
           "container of its own", file=sys.stderr)
+
+
+def inherited_listener() -> socket.socket | None:
+    """The node session's socket, bound and listening, when hpcrun-starter found no holder
+    and made this rank the node's first (it then execs hpcrun with the descriptor)."""
+    fd = os.environ.pop(LISTENER_VARIABLE, None)
+    if fd is None or not fd.isdigit():
+        return None
+    listener = socket.socket(fileno=int(fd))
+    os.set_inheritable(listener.fileno(), False)
+    return listener
+
+
+def _rank_exec(fields: list[str]) -> RankExec:
+    cwd, home, failure_prefix, failure_suffix, argc = fields[2:7]
+    argv = fields[7:7 + int(argc)]
+    env = dict(entry.partition("=")[::2] for entry in fields[7 + int(argc):])
+    return RankExec(argv, env, cwd, home, failure_prefix, failure_suffix)
+
+
+def _exec_fields(rank: RankExec, notes: str) -> list[str]:
+    return ["exec", notes, rank.cwd, rank.home, rank.failure_prefix, rank.failure_suffix,
+            str(len(rank.argv)), *rank.argv, *(f"{k}={v}" for k, v in rank.env.items())]
+
+
+def _request(pid: int, fields: list[str]) -> Request:
+    if len(fields) < 3 or fields[0] != "1":
+        raise ValueError("not a version 1 request")
+    cwd, argc = fields[1], int(fields[2])
+    argv = fields[3:3 + argc]
+    env = dict(entry.partition("=")[::2] for entry in fields[3 + argc:])
+    return Request(pid, argv, env, cwd)
+
+
+def _pack(fields: list[str]) -> bytes:
+    """A message both ways: its length (uint32, native order) and NUL-terminated fields,
+    which C reads without a parser (argv and environment strings cannot contain NUL)."""
+    body = b"".join(os.fsencode(field) + b"\0" for field in fields)
+    return struct.pack("=I", len(body)) + body
+
+
+def _unpack(body: bytes) -> list[str]:
+    return [os.fsdecode(field) for field in body.split(b"\0")[:-1]]
+
+
+def _read_message(conn: socket.socket, with_fds: bool) -> tuple[list[str], list[int]] | None:
+    """A whole message (None at EOF before its first byte) and the descriptors sent with it."""
+    fds: list[int] = []
+    if with_fds:
+        head, fds, _, _ = socket.recv_fds(conn, 4, 2, socket.MSG_CMSG_CLOEXEC)
+    else:
+        head = conn.recv(4)
+    if not head:
+        return None
+    head += _read_exactly(conn, 4 - len(head))
+    (length,) = struct.unpack("=I", head)
+    if length > _MAX_MESSAGE:
+        raise ValueError(f"message of {length} bytes")
+    return _unpack(_read_exactly(conn, length)), fds
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ValueError("message cut short")
+        data += chunk
+    return data
 
 
 def _try_bind(key: str) -> socket.socket | None:
@@ -96,19 +180,21 @@ def _try_bind(key: str) -> socket.socket | None:
     return listener
 
 
-def _spawn_holder(listener: socket.socket, make_container, expected: int | None) -> None:
+def _spawn_holder(listener: socket.socket, make_container, make_rank,
+                  expected: int | None) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _holder(listener, make_container, expected)
+            _holder(listener, make_container, make_rank, expected)
         finally:
             os._exit(0)
     listener.close()
     # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
 
 
-def _holder(listener: socket.socket, make_container, expected: int | None) -> None:
+def _holder(listener: socket.socket, make_container, make_rank, expected: int | None) -> None:
     os.setsid()  # signals aimed at one rank's process group must not take the node down
+    failure = None
     try:
         # discovery first: it checks the launcher's descriptors (PMI_FD) as a rank has them
         spec, shared = make_container()
@@ -124,12 +210,26 @@ def _holder(listener: socket.socket, make_container, expected: int | None) -> No
         fds = [os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC),
                os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)]
     except HpcbindError as err:
-        shared, fds = {"error": err.what, "fix": err.fix}, []
+        failure, fds = str(err), []
     except Exception as err:  # a bug: its traceback would go to /dev/null, so tell the ranks
-        shared, fds = {"error": f"internal error setting up the node's container: {err!r}",
-                       "fix": "report it with the command line"}, []
+        failure, fds = (f"internal error setting up the node's container: {err!r}; report it "
+                        "with the command line"), []
     _keep_only(listener.fileno(), *fds)
-    _serve(listener, json.dumps(shared).encode(), fds, expected)
+
+    def answer(request: Request) -> list[str]:
+        if failure is not None:
+            return ["error", failure]
+        try:
+            rank, notes = make_rank(shared, request)
+            return _exec_fields(RankExec(*command_line(rank), rank.cwd, rank.home,
+                                         *failure_line(rank)), notes)
+        except HpcbindError as err:
+            return ["error", str(err)]
+        except Exception as err:
+            return ["error", f"internal error preparing a rank: {err!r}; report it with the "
+                             "command line"]
+
+    _serve(listener, answer, fds, expected)
 
 
 def _keep_only(*needed: int) -> None:
@@ -145,8 +245,7 @@ def _keep_only(*needed: int) -> None:
         os.closerange(low + 1, high)
 
 
-def _serve(listener: socket.socket, payload: bytes, fds: list[int],
-           expected: int | None) -> None:
+def _serve(listener: socket.socket, answer, fds: list[int], expected: int | None) -> None:
     uid = os.getuid()
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
@@ -165,28 +264,36 @@ def _serve(listener: socket.socket, payload: bytes, fds: list[int],
         if not events:
             return
         for fd, _ in events:
-            if fd == listener.fileno():
-                conn, _ = listener.accept()
-                with conn:
-                    pid, peer_uid = _peer(conn)
-                    if peer_uid != uid:
-                        continue
-                    joined += 1  # a rank that died waiting for us came and went too
-                    try:
-                        pidfd = os.pidfd_open(pid)
-                    except OSError:
-                        continue  # it died before we looked
-                    try:
-                        socket.send_fds(conn, [payload], fds)
-                    except OSError:  # it died waiting (EPIPE): the other ranks still need us
-                        os.close(pidfd)
-                        continue
-                ranks[pidfd] = pid
-                poller.register(pidfd, select.POLLIN)
-            else:  # a rank exited
+            if fd != listener.fileno():  # a rank exited
                 poller.unregister(fd)
                 os.close(fd)
                 del ranks[fd]
+                continue
+            conn, _ = listener.accept()
+            with conn:
+                pid, peer_uid = _peer(conn)
+                if peer_uid != uid:
+                    continue
+                joined += 1  # a rank that died waiting for us came and went too
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    continue  # it died before we looked
+                # a rank writes its request right after connecting: waiting long means a
+                # stuck or hostile peer, which must not stall the node's other ranks
+                conn.settimeout(_REQUEST_TIMEOUT_S)
+                try:
+                    message = _read_message(conn, with_fds=False)
+                    reply = answer(_request(pid, message[0])) if message else None
+                    if reply is not None:
+                        socket.send_fds(conn, [_pack(reply)], fds if reply[0] == "exec" else [])
+                except (OSError, ValueError):  # it died waiting (EPIPE), or sent garbage
+                    reply = None
+                if reply is None:
+                    os.close(pidfd)
+                    continue
+            ranks[pidfd] = pid
+            poller.register(pidfd, select.POLLIN)
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
@@ -195,7 +302,7 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def _receive(key: str) -> tuple[dict, list[int]] | None:
+def _exchange(key: str, request: bytes) -> tuple[list[str], list[int]] | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     with conn:
         # a squatter that never accepts fills its backlog, where a blocking connect waits
@@ -209,12 +316,17 @@ def _receive(key: str) -> tuple[dict, list[int]] | None:
         if _peer(conn)[1] != os.getuid():
             return None  # squatted: never take namespaces from another user
         try:
-            message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
-        except ConnectionResetError:
+            conn.sendall(request)
+            reply = _read_message(conn, with_fds=True)
+        except (ConnectionResetError, BrokenPipeError):
             return None  # the holder died before accepting us: try again
-    if not message:
-        return None
-    return json.loads(message), fds
+        except ValueError as err:
+            raise HpcbindError(f"the node's holder for session {key} answered badly ({err})",
+                               "run the job again; report it if it happens again") from None
+    if reply is not None and reply[0] and reply[0][0] == "exec" and len(reply[1]) != 2:
+        raise HpcbindError("the node's holder sent no namespaces with its answer",
+                           "report it with the command line")
+    return reply
 
 
 def _enter_namespaces(fds: list[int]) -> None:
