@@ -12,10 +12,11 @@ TEST_USER := hpcbind-test
 
 APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse3 \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
-	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux \
+	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev libsquashfuse-dev debootstrap lz4 zstd pciutils util-linux \
 	uidmap libcap2-bin skopeo umoci docker-registry
 
 STARTER := $(VENV)/bin/hpcrun-starter
+SQUASHFS_SERVER := $(VENV)/bin/hpcbind-squashfuse
 
 .PHONY: demo test deps venv starter test-user example bench bench-osu clean
 
@@ -51,11 +52,16 @@ $(VENV)/.installed: pyproject.toml scripts/hpcrun.in
 	chmod 755 $(HPCRUN)
 	touch $@
 
-# The ranks' way into their node's container without a Python interpreter each (see
-# hpcbind/runtime/starter.c); hpcrun mpirun|srun use it when it sits next to hpcrun.
-starter: $(STARTER)
+# The compiled helpers, beside hpcrun where hpcbind looks for them (without them it takes
+# the slower ways): the ranks' way into their node's container without a Python interpreter
+# each (hpcbind/runtime/starter.c), and the image's FUSE server that lets the kernel cache
+# what cannot change (hpcbind/runtime/squashfs_server.c).
+starter: $(STARTER) $(SQUASHFS_SERVER)
 $(STARTER): hpcbind/runtime/starter.c | venv
 	gcc -O2 -Wall -Wextra -Werror -o $@ $<
+$(SQUASHFS_SERVER): hpcbind/runtime/squashfs_server.c | venv deps
+	gcc -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) -o $@ $< \
+		-lsquashfuse_ll -lsquashfuse $$(pkg-config --libs fuse3)
 
 # Bytecode for every user: the unprivileged user (and MPI ranks) cannot write __pycache__
 # here, and without it each launch recompiles the modules it imports (~30 ms).

@@ -22,6 +22,7 @@ import os
 from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import installed_helper
 from hpcbind.image.source import ImageSource
 from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import ContainerSpec, DeviceBind
@@ -129,7 +130,7 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         links=tuple(links),
         home=home_dst,
         session_size_mb=config["session.size_mb"],
-        rootfs=RootfsOptions(squashfuse=config["image.squashfuse"],
+        rootfs=RootfsOptions(squashfuse=_squashfs_server(config),
                              kernel_squashfs=config["image.kernel_squashfs"],
                              extract_fallback=config["image.extract_fallback"]),
         new_ipc=options.containall,
@@ -325,6 +326,12 @@ def _home(options: RunOptions, caller: Caller) -> tuple[str, str]:
 def _under(path: str, prefix: str) -> bool:
     prefix = prefix.rstrip("/") or "/"
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _squashfs_server(config) -> str:
+    # squashfuse_ll costs every rank ~340 FUSE requests, ours ~5 (benchmarks/launch/README.md)
+    return (config["image.squashfuse"] or installed_helper("hpcbind-squashfuse")
+            or "squashfuse_ll")
 
 
 def _runtime_vars(image: ImageSource) -> dict[str, str]:

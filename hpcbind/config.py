@@ -32,8 +32,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mount.home", True, "bind the user's home directory by default"),
     Setting("mount.tmp", True, "bind the host's /tmp and /var/tmp by default"),
     Setting("mount.hosts", True, "bind the host's /etc/hosts and /etc/resolv.conf"),
-    Setting("image.squashfuse", "squashfuse_ll", "the FUSE squashfs server to run images "
-            "unprivileged"),
+    Setting("image.squashfuse", "", "the FUSE squashfs server to run images unprivileged "
+            "(empty: hpcbind-squashfuse, installed beside hpcrun by make, else squashfuse_ll)"),
     Setting("image.kernel_squashfs", True, "as root, mount squashfs with the kernel (loop "
             "device) instead of FUSE"),
     Setting("image.extract_fallback", True, "unpack the image into the user's cache when it "

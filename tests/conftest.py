@@ -79,6 +79,23 @@ class Unprivileged:
         return subprocess.Popen(self.argv(*args, env=env), cwd=str(self.root), **kw)
 
 
+EXECUTABLES = ("hpcrun", "hpcrun-starter", "hpcbind-squashfuse")
+# hpcbind-squashfuse as /proc names it (a command name keeps 15 characters)
+FUSE_SERVER = "hpcbind-squashf"
+
+
+def build_helpers(where: Path) -> None:
+    """The compiled helpers, beside hpcrun where hpcbind looks for them (``make starter``
+    puts them in .venv/bin): built from this checkout's sources, which the tests are of."""
+    runtime = REPO / "hpcbind" / "runtime"
+    fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    for name, source, libraries in zip(EXECUTABLES[1:], ("starter.c", "squashfs_server.c"),
+                                       ([], ["-lsquashfuse_ll", "-lsquashfuse", *fuse])):
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(where / name),
+                        str(runtime / source), *libraries], check=True)
+
+
 @pytest.fixture(scope="session")
 def unprivileged(data: Path) -> Iterator[Unprivileged]:
     if os.getuid() == 0:
@@ -99,14 +116,12 @@ def unprivileged(data: Path) -> Iterator[Unprivileged]:
     launcher = root / "hpcrun"
     launcher.write_text(f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {str(root / 'pkg')!r})\n"
                         "from hpcbind.cli import main\nsys.exit(main())\n")
-    # next to hpcrun, where hpcrun mpirun|srun look for it (make puts it in .venv/bin)
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(root / "hpcrun-starter"),
-                    str(REPO / "hpcbind" / "runtime" / "starter.c")], check=True)
+    build_helpers(root)
     sif = root / "busybox.sif"
     shutil.copyfile(BUSYBOX_SIF, sif)
     for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() or path.parent == root and path.name.startswith(
-            "hpcrun") else 0o644)
+        path.chmod(0o755 if path.is_dir() or path.parent == root and path.name in EXECUTABLES
+                   else 0o644)
         os.chown(path, uid, gid)
     yield Unprivileged(root, launcher, sif, uid, gid)
     shutil.rmtree(root, ignore_errors=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Unprivileged, user_processes
+from conftest import FUSE_SERVER, Unprivileged, user_processes
 from leftovers import HostState, leftovers
 
 FUSE_GATE = """\
@@ -278,7 +278,7 @@ def test_fuse_server_killed_under_a_running_program(unprivileged: Unprivileged):
                  "echo up; while cat /bin/busybox >/dev/null; do sleep 0.05; done; ls; exit 3",
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "up\n"
-    (server,) = user_processes(unprivileged.uid, "squashfuse_ll")
+    (server,) = user_processes(unprivileged.uid, FUSE_SERVER)
     os.kill(server, signal.SIGKILL)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 3

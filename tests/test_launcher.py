@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Unprivileged, user_processes
+from conftest import FUSE_SERVER, Unprivileged, user_processes
 from hpcbind.errors import HpcbindError
 from hpcbind.mpi import launcher
 from leftovers import HostState, leftovers
@@ -122,7 +122,7 @@ def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
     while len(user_processes(unprivileged.uid, "sleep")) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     ranks = user_processes(unprivileged.uid, "sleep")
-    assert len(ranks) == 3 and user_processes(unprivileged.uid, "squashfuse_ll")
+    assert len(ranks) == 3 and user_processes(unprivileged.uid, FUSE_SERVER)
     subprocess.run(["kill", "-9", str(ranks[0])], check=True)
     job.wait(timeout=60)
     assert job.returncode != 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX_SIF, HPCRUN, Unprivileged, user_processes
+from conftest import BUSYBOX_SIF, FUSE_SERVER, HPCRUN, Unprivileged, user_processes
 from leftovers import HostState, leftovers
 
 
@@ -158,7 +158,7 @@ def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
     deadline = time.monotonic() + 20
     while not user_processes(unprivileged.uid, "sleep") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert user_processes(unprivileged.uid, "squashfuse_ll"), "no FUSE server while running"
+    assert user_processes(unprivileged.uid, FUSE_SERVER), "no FUSE server while running"
     if sig:
         proc.send_signal(sig)
     assert proc.wait(timeout=10) == (-sig if sig else 0)

@@ -4,6 +4,7 @@ runtime reads this module on every rank's path)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from itertools import groupby
 
@@ -11,6 +12,13 @@ from itertools import groupby
 # Apptainer also sets in containers)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CACHE_ENV = "HPCRUN_CACHEDIR"
+
+
+def installed_helper(name: str) -> str | None:
+    """A compiled helper that ``make`` installs beside the hpcrun command, or None where this
+    installation has none (a plain ``pip install``): callers then take the slower way."""
+    path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), name)
+    return path if os.access(path, os.X_OK) else None
 
 
 def user_cache_dir() -> str:

@@ -29,7 +29,7 @@ from collections import namedtuple
 from hpcbind.errors import HpcbindError
 from hpcbind.runtime import identity, linux
 from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
-from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image
+from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image, pin_server
 
 SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
 ENV_SCRIPTS = "/.singularity.d/env"
@@ -84,6 +84,7 @@ def prepare(spec: ContainerSpec) -> None:
     # after unshare (a bind source must be a mount of this namespace), before the session
     # tmpfs covers /tmp, where the image may be
     image_fd = open_image(spec.image)
+    spec = spec._replace(rootfs=pin_server(spec.rootfs))  # it may be under /tmp too
     linux.mount("hpcbind", SESSION, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={spec.session_size_mb}m")
     for d in ("oldroot", "newroot", "lower", "upper", "work"):

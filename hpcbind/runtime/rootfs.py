@@ -34,6 +34,7 @@ _LO_FLAGS_AUTOCLEAR = 4
 # encrypt_key[32], init[2] (u64)
 _LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")
 
+_PINNED = "/proc/self/fd/"
 _FUSE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
 
 
@@ -52,6 +53,19 @@ def open_image(image: ImageSource) -> int:
     """
     flags = os.O_RDONLY | (os.O_DIRECTORY if not image.is_squashfs else 0)
     return os.open(image.path, flags | os.O_CLOEXEC)
+
+
+def pin_server(options: RootfsOptions) -> RootfsOptions:
+    """The FUSE server as a descriptor, opened before the session's tmpfs covers /tmp, where
+    it may be installed (a user's build, the tests' copy): it is run after."""
+    path = _which(options.squashfuse)
+    if path is None:
+        return options
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return options
+    return options._replace(squashfuse=f"{_PINNED}{fd}")
 
 
 def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions) -> str:
@@ -144,10 +158,14 @@ def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd
         _die_with(parent)
         os.set_inheritable(image_fd, True)
         os.set_inheritable(fuse_fd, True)
+        name = squashfuse
+        if squashfuse.startswith(_PINNED):  # a script's interpreter reopens it by that name
+            os.set_inheritable(int(squashfuse[len(_PINNED):]), True)
+            name = os.readlink(squashfuse)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
-        os.execv(squashfuse, [squashfuse, "-f", "-o", f"offset={image.offset}",
+        os.execv(squashfuse, [name, "-f", "-o", f"offset={image.offset}",
                               f"/proc/self/fd/{image_fd}", f"/dev/fd/{fuse_fd}"])
     finally:
         os._exit(127)
