@@ -23,7 +23,7 @@ from hpcbind.runtime.container import enter
 
 
 def run(options: RunOptions, config) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
-    caller = _caller()
+    caller = _caller(options.fakeroot)
     if options.node_session:
         run_rank(options, config, caller)
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
@@ -51,7 +51,7 @@ def run_rank(options: RunOptions, config, caller: Caller) -> None:
 
 def dry_run(options: RunOptions, config) -> Assembly:
     """The whole container, nothing mounted and nothing run (failed checks shown, not raised)."""
-    return _assembled(options, config, _caller(), refuse_failed=False)[0]
+    return _assembled(options, config, _caller(options.fakeroot), refuse_failed=False)[0]
 
 
 def container_for_plan(image: str, plan, config) -> Assembly:
@@ -113,15 +113,23 @@ def _plan(options: RunOptions, image_path: str, env: dict[str, str]):
                      image=Path(image_path) if options.mpi_host else None)
 
 
-def _caller() -> Caller:
+def _caller(fakeroot: bool = False) -> Caller:
     import pwd
 
     env = dict(os.environ)
+    uid = os.getuid()
     try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
+        entry = pwd.getpwuid(uid)
+        home, name = entry.pw_dir, entry.pw_name
     except KeyError:
-        home = env.get("HOME", "/")
-    return Caller(env, os.getcwd(), home)
+        home, name = env.get("HOME", "/"), str(uid)  # /etc/subuid may name the uid itself
+    subids = None
+    if fakeroot and uid != 0:
+        from hpcbind.host.subids import discover
+        from hpcbind.hostroot import HostRoot
+
+        subids = discover(HostRoot(), name, uid, os.getgid(), env.get("PATH", ""))
+    return Caller(env, os.getcwd(), home, subids)
 
 
 def _show_log(assembly: Assembly, options: RunOptions) -> None:
