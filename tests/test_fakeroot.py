@@ -12,14 +12,17 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Unprivileged
+from conftest import BUSYBOX_SIF, REPO, Unprivileged, hpcrun_main
+from oci_registry import oci_image
 from hpcbind.errors import HpcbindError
 from hpcbind.host import subids
 from hpcbind.host.subids import Facts, Helper, IdMap, fakeroot_map, free_start, parse
@@ -274,6 +277,17 @@ def stray_sleeps() -> list[str]:
     return found
 
 
+def no_stray_sleeps(timeout: float = 10) -> bool:
+    """True once no marked sleep is left; the kernel ends a PID namespace's processes
+    asynchronously after its first process dies."""
+    deadline = time.monotonic() + timeout
+    while stray_sleeps():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.fixture
 def work(unprivileged: Unprivileged) -> Iterator[Path]:
     """A directory of the test user's for one test: its TMPDIR inside, to see it emptied."""
@@ -419,7 +433,7 @@ def test_failing_post_reports_and_leaves_nothing(unprivileged: Unprivileged,
     assert "'E: Unable to locate package nope'" in line
     assert not out.exists()
     assert not list((work / "tmp").iterdir())
-    assert stray_sleeps() == []
+    assert no_stray_sleeps()
 
 
 def test_disk_full_in_the_build_directory(unprivileged: Unprivileged, work: Path) -> None:
@@ -485,3 +499,97 @@ def test_site_set_up_errors(unprivileged: Unprivileged, second_user: Unprivilege
     line = one_line_error(r)
     assert re.search(rf"overlap those of {SECOND_USER} \({clash}, /etc/subuid:\d+\)", line)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_interrupted_build_leaves_nothing(unprivileged: Unprivileged, work: Path,
+                                          signal_name: str) -> None:
+    """SIGTERM (a batch system's time limit) during %post: the namespace's processes end and
+    the work directory, owned by subordinate ids, is removed from inside the namespace.
+    SIGKILL leaves the directory (nothing runs to remove it), but no process."""
+    definition = work / "slow.def"
+    definition.write_text(f"Bootstrap: localimage\nFrom: {unprivileged.busybox_sif}\n"
+                          f"%post\n    chown 4242 /bin\n    sleep {MARKER_SECONDS}\n")
+    out = work / "slow.sif"
+    proc = unprivileged.popen("build", "--fakeroot", str(out), str(definition),
+                              env={"TMPDIR": str(work / "tmp")}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith(f"%post| + sleep {MARKER_SECONDS}"):
+                break
+        deadline = time.monotonic() + 10  # the trace comes just before the sleep starts
+        while not stray_sleeps() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stray_sleeps(), "the %post never started"
+        proc.send_signal(getattr(signal, signal_name))
+        assert proc.wait(timeout=60) == (130 if signal_name == "SIGTERM" else -9)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert no_stray_sleeps()
+    assert not out.exists()
+    if signal_name == "SIGTERM":
+        assert not list((work / "tmp").iterdir())
+
+
+# ------------------------------------------------------------ other sources and outputs
+
+
+def test_oci_layers_keep_their_owners(unprivileged: Unprivileged, work: Path) -> None:
+    """Bootstrap: oci (the registry bootstraps share its unpacking): the layer's owners stay,
+    %post chowns, a device node of the layer becomes the noted empty file."""
+    rootfs = work / "layer-root"
+    found = locate(str(unprivileged.busybox_sif))
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(rootfs), "-o", str(found.offset),
+                    found.path], check=True, capture_output=True)
+    (rootfs / "owned").write_text("layer\n")
+    os.chown(rootfs / "owned", 4242, 4343)
+    os.mknod(rootfs / "dev/console", 0o600 | 0o020000, os.makedev(5, 1))  # S_IFCHR
+    layout = work / "layout"
+    oci_image(rootfs, layout, "1")
+    subprocess.run(["chmod", "-R", "a+rX", str(layout)], check=True)
+    definition = work / "oci.def"
+    definition.write_text(f"Bootstrap: oci\nFrom: {layout}:1\n\n%post\n    touch /posted\n"
+                          "    chown 4444:4445 /posted\n")
+    out = work / "oci.sif"
+    r = unprivileged.run("build", "--fakeroot", str(out), str(definition),
+                         env={"TMPDIR": str(work / "tmp"), "HPCRUN_CACHEDIR": str(work / "c")})
+    assert r.returncode == 0, r.stderr
+    assert "device node /dev/console skipped" in r.stderr
+    built = table(out)
+    assert (built["/owned"], built["/posted"], built["/bin/busybox"]) == (
+        ("-rw-r--r--", "4242/4343"), ("-rw-r--r--", "4444/4445"), ("-rwxr-xr-x", "0/0"))
+    assert built["/dev/console"] == ("-rw-------", "0/0")
+    assert not list((work / "tmp").iterdir())
+
+
+def test_sandbox_work_with_fakeroot(unprivileged: Unprivileged, work: Path) -> None:
+    """A sandbox built with --fakeroot holds the user's subordinate ids on the host; exec
+    --fakeroot shows them as the image's ids; --force rebuilds over it (the namespace may
+    remove what the user alone could not)."""
+    start, _ = subordinate_range(pwd.getpwuid(unprivileged.uid).pw_name)
+    definition = work / "box.def"
+    definition.write_text(f"Bootstrap: localimage\nFrom: {unprivileged.busybox_sif}\n"
+                          "%post\n    mkdir -m 2770 /shared\n    chown 4242:4242 /shared\n"
+                          "    echo private > /shared/file\n    chmod 600 /shared/file\n")
+    sandbox = work / "box"
+    for _ in range(2):  # the second time over the first
+        r = unprivileged.run("build", "--fakeroot", "--sandbox", "--force", str(sandbox),
+                             str(definition), env={"TMPDIR": str(work / "tmp")})
+        assert r.returncode == 0, r.stderr
+    shared = (sandbox / "shared").stat()
+    assert (shared.st_uid, shared.st_gid) == (start + 4241, start + 4241)
+    assert (sandbox / "bin/busybox").stat().st_uid == unprivileged.uid
+    r = unprivileged.run("exec", "--fakeroot", str(sandbox), "sh", "-c",
+                         "stat -c '%u:%g %a' /shared; cat /shared/file")
+    assert (r.returncode, r.stdout) == (0, "4242:4242 2770\nprivate\n"), r.stderr
+    assert [p.name for p in work.iterdir() if p.name.startswith(".hpcrun-build-")] == []
+
+
+def test_fakeroot_is_not_for_launcher_ranks() -> None:
+    code, _, err = hpcrun_main("exec", "--dry-run", "--fakeroot", "--node-session", "k",
+                               str(BUSYBOX_SIF), "true")
+    assert (code, err) == (255, "hpcrun: error: --fakeroot is not for the ranks of a "
+                                "launcher: they share one container per node, as you; run "
+                                "the launcher without --fakeroot\n")

@@ -692,7 +692,9 @@ def _paired(name: str, value: str) -> dict[str, str]:
 
 # Run as PID 1 of new mount and PID namespaces (util-linux unshare), so every mount below
 # disappears when the step ends, even when it is killed, and none is ever visible in the
-# caller's namespace, where the temporary directory is removed. Written as a fixed shell
+# caller's namespace, where the temporary directory is removed. unshare itself gets SIGKILL
+# when the build dies (setpriv --pdeathsig), even by SIGKILL, and takes the namespace along:
+# nothing of a %post outlives the build. Written as a fixed shell
 # script over Debian's mount and chroot rather than ctypes mount(2) calls: the paths arrive as
 # arguments, never in the script's text. A tmpfs /dev with the usual nodes, not the host's
 # /dev, and a read-only /sys: a '%post rm -rf /dev/*' must not reach the host. /tmp and
@@ -740,8 +742,8 @@ if [ -n "$resolv" ]; then mount --bind "$resolv" "$resolv_at"; fi
 if [ -n "$hosts" ]; then mount --bind "$hosts" "$hosts_at"; fi
 exec chroot "$root" "$@"
 """
-_PRIVATE_NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-                       "--kill-child")
+_PRIVATE_NAMESPACES = ("setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount",
+                       "--propagation", "private", "--pid", "--fork", "--kill-child")
 _MOUNT_POINTS = ("/proc", "/sys", "/dev", "/tmp", "/var/tmp")
 
 
@@ -1092,7 +1094,8 @@ def _under_fakeroot(job: _Build, argv: list[str]) -> list[str]:
     namespaces = len(_PRIVATE_NAMESPACES)
     if tuple(argv[:namespaces]) == _PRIVATE_NAMESPACES:  # %post, %test: around the chroot
         return [*_PRIVATE_NAMESPACES, *fakeroot, *argv[namespaces:]]
-    return ["unshare", "--pid", "--fork", "--kill-child", *fakeroot, *argv]
+    return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--pid", "--fork",
+            "--kill-child", *fakeroot, *argv]
 
 
 def _nearly_full(directory: Path) -> bool:
