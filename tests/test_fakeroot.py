@@ -593,3 +593,26 @@ def test_fakeroot_is_not_for_launcher_ranks() -> None:
     assert (code, err) == (255, "hpcrun: error: --fakeroot is not for the ranks of a "
                                 "launcher: they share one container per node, as you; run "
                                 "the launcher without --fakeroot\n")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HPCBIND_SLOW") != "1", reason="debootstraps Debian and "
+                    "runs apt-get from the network (a minute); set HPCBIND_SLOW=1")
+def test_debootstrap_and_apt_get_with_fakeroot(unprivileged: Unprivileged, work: Path) -> None:
+    definition = work / "deb.def"
+    definition.write_text("Bootstrap: debootstrap\nOSVersion: bookworm\n"
+                          "MirrorURL: http://deb.debian.org/debian\n\n%post\n"
+                          "    apt-get update\n"
+                          "    apt-get install -y --no-install-recommends hello\n"
+                          "    useradd -u 4242 -m alice\n%test\n    hello\n")
+    out = work / "deb.sif"
+    r = unprivileged.run("build", "--fakeroot", "--compression", "lz4", str(out),
+                         str(definition), env={"TMPDIR": str(work / "tmp")}, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    built = table(out)
+    assert built["/home/alice"] == ("drwxr-xr-x", "4242/4242")
+    assert built["/var/cache/apt/archives/partial"] == ("drwx------", "42/0")  # apt's _apt
+    assert built["/usr/bin/hello"] == ("-rwxr-xr-x", "0/0")
+    assert built["/dev/null"] == ("crw-rw-rw-", "0/0")  # as a root debootstrap makes it
+    r = unprivileged.run("exec", str(out), "hello")
+    assert (r.returncode, r.stdout) == (0, "Hello, world!\n"), r.stderr

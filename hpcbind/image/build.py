@@ -464,9 +464,36 @@ def _debootstrap(job: _Build, stage: Stage, rootfs: Path) -> None:
                       f"{stage.get('mirrorurl')}")
     # In private mount and PID namespaces: debootstrap mounts /proc and /sys in the target,
     # and an interrupted run must not leave them mounted where the clean-up would reach them.
+    # debootstrap and the chroot it calls are in /usr/sbin, on no plain user's PATH
+    env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}"}
+    if job.privilege is Privilege.NAMESPACE:
+        # debootstrap's own switch for hosts that cannot make device nodes (LXC's): no mknod
+        # test of the target, the host's nodes bound on a tmpfs /dev there instead
+        env["container"] = "lxc"
     _run(job, [*_PRIVATE_NAMESPACES, *argv], "debootstrap", "debootstrap failed",
-         "see its output above; check OSVersion and MirrorURL, and that the mirror is reachable")
+         "see its output above; check OSVersion and MirrorURL, and that the mirror is reachable",
+         env=env)
     rootfs.chmod(0o755)
+    if job.privilege is not Privilege.ROOT:
+        _debootstrap_devices(rootfs)
+
+
+# debootstrap's setup_devices_simple: the nodes a root debootstrap makes in /dev
+_DEBOOTSTRAP_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                        ("urandom", 1, 9), ("tty", 5, 0), ("console", 5, 1))
+
+
+def _debootstrap_devices(rootfs: Path) -> None:
+    """The nodes debootstrap could not make, as pseudo definitions for mksquashfs; the empty
+    files that its chroot's ``> /dev/null`` left in their place go."""
+    lines = []
+    for name, major, minor in _DEBOOTSTRAP_DEVICES:
+        placeholder = rootfs / "dev" / name
+        if placeholder.is_file() and not placeholder.is_symlink() and \
+                placeholder.stat().st_size == 0:
+            placeholder.unlink()
+        lines.append(f"/dev/{name} c 666 0 0 {major} {minor}\n")
+    _devices_path(rootfs).write_text("".join(lines))
 
 
 def _extract(job: _Build, image: Path, rootfs: Path) -> None:
