@@ -26,7 +26,7 @@ from oci_registry import oci_image
 from hpcbind.errors import HpcbindError
 from hpcbind.host import subids
 from hpcbind.host.subids import Facts, Helper, IdMap, fakeroot_map, free_start, parse
-from hpcbind.image.build import parse_devices, root_needed
+from hpcbind.image.build import parse_devices, root_needed, unmapped_owner
 from hpcbind.image.deffile import parse as parse_definition
 from hpcbind.image.source import locate
 
@@ -117,6 +117,17 @@ def test_device_nodes_become_pseudo_definitions() -> None:
                "-rw-r--r-- 0/0                   5 2024-01-01 00:00 squashfs-root/etc/x\n")
     assert [d.pseudo for d in parse_devices(listing)] == ["/dev/null c 666 0 0 1 3",
                                                           "/dev/sda b 660 0 6 8 0"]
+
+
+def test_owners_beyond_the_namespace_are_found() -> None:
+    listing = ("drwxr-xr-x 0/0        40 2024-01-01 00:00 squashfs-root\n"
+               "lrwxrwxrwx 65536/0    3 2024-01-01 00:00 squashfs-root/ok -> x\n"
+               "-rw-r--r-- 0/70000    5 2024-01-01 00:00 squashfs-root/a b\n")
+    assert unmapped_owner(listing, (65536, 65536)) == ("/a b", 0, 70000)
+    assert unmapped_owner(listing, (70000, 70000)) is None
+    idmap = fakeroot_map(facts(subuid="alice:100000:65536\nalice:200000:10\n"),
+                         fake_owners=True)
+    assert idmap.highest == (65546, 65536)
 
 
 @pytest.mark.parametrize("sections, why", [
@@ -458,8 +469,9 @@ def test_disk_full_in_the_build_directory(unprivileged: Unprivileged, work: Path
 
 def test_site_set_up_errors(unprivileged: Unprivileged, second_user: Unprivileged,
                             work: Path) -> None:
-    """newuidmap without its setuid bit, newuidmap or fakeroot(1) missing, and ranges
-    overlapping another user's: one line each, exit 255, nothing written."""
+    """newuidmap without its setuid bit, newuidmap or fakeroot(1) missing, an image owner
+    beyond the subordinate range, and ranges overlapping another user's: one line each,
+    exit 255, nothing written."""
     definition = work / "x.def"
     definition.write_text(f"Bootstrap: localimage\nFrom: {unprivileged.busybox_sif}\n"
                           "%post\n    true\n")
@@ -486,6 +498,24 @@ def test_site_set_up_errors(unprivileged: Unprivileged, second_user: Unprivilege
                      env={"PATH": path, "TMPDIR": str(work / "tmp")}, cwd=str(work))
         assert words in one_line_error(r)
         assert not out.exists() and not list((work / "tmp").iterdir())
+
+    # an image owning a file by an id beyond the namespace's
+    image_root = work / "high-root"
+    found = locate(str(unprivileged.busybox_sif))
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(image_root), "-o", str(found.offset),
+                    found.path], check=True, capture_output=True)
+    (image_root / "high").touch()
+    os.chown(image_root / "high", 70000, 70000)
+    high = work / "high.sqfs"
+    subprocess.run(["mksquashfs", str(image_root), str(high), "-quiet", "-no-progress"],
+                   check=True, capture_output=True)
+    high.chmod(0o644)
+    (work / "high.def").write_text(f"Bootstrap: localimage\nFrom: {high}\n")
+    r = unprivileged.run("build", "--fakeroot", str(out), str(work / "high.def"),
+                         env={"TMPDIR": str(work / "tmp")})
+    assert f"{high}: /high is owned by 70000:70000, beyond the ids your subordinate ranges " \
+           "give the namespace (0-65536 and 0-65536)" in one_line_error(r)
+    assert not out.exists() and not list((work / "tmp").iterdir())
 
     # another user's range over the test user's (removed again by usermod)
     start, _ = subordinate_range(pwd.getpwuid(unprivileged.uid).pw_name)

@@ -46,27 +46,29 @@ def run(args: argparse.Namespace) -> int:
     from hpcbind.commands.pull import fetch_options
     from hpcbind.image.build import Privilege, build, console_progress
 
-    privilege, fakeroot, note = Privilege.ROOT if os.geteuid() == 0 else Privilege.USER, "", ""
+    privilege = Privilege.ROOT if os.geteuid() == 0 else Privilege.USER
+    idmap = None
     if args.fakeroot and privilege is Privilege.USER:
         # before any thread exists (the progress spinner): unshare(2) refuses threaded callers
-        privilege, fakeroot, note = _become_root()
+        idmap = _become_root()
+        privilege = Privilege.NAMESPACE if idmap.subordinate else Privilege.FAKED
     with console_progress() as progress:
-        if note:
-            progress.step(f"NOTE: {note}")
+        if idmap is not None and idmap.note:
+            progress.step(f"NOTE: {idmap.note}")
         build(args.out, args.source, force=args.force, sandbox=args.sandbox,
               compression=args.compression, build_args=_build_args(args.build_arg),
               progress=progress, fetch=fetch_options(args), privilege=privilege,
-              fakeroot=fakeroot)
+              fakeroot=idmap.fakeroot if idmap else "",
+              mapped=idmap.highest if idmap else (0, 0))
     return 0
 
 
 def _become_root():
-    """Enter the --fakeroot namespace: (Privilege, fakeroot(1) to use or "", a note)."""
+    """Enter the --fakeroot namespace; its IdMap."""
     import pwd
 
     from hpcbind.hostroot import HostRoot
     from hpcbind.host.subids import discover, fakeroot_map
-    from hpcbind.image.build import Privilege
     from hpcbind.runtime import userns
 
     uid, gid = os.getuid(), os.getgid()
@@ -77,8 +79,7 @@ def _become_root():
     idmap = fakeroot_map(discover(HostRoot(), user, uid, gid, os.environ.get("PATH", "")),
                          fake_owners=True)
     userns.enter(idmap)
-    privilege = Privilege.NAMESPACE if idmap.subordinate else Privilege.FAKED
-    return privilege, idmap.fakeroot, idmap.note
+    return idmap
 
 
 def _build_args(pairs: list[str]) -> dict[str, str]:

@@ -71,6 +71,12 @@ class IdMap(namedtuple("IdMap", "uid_map gid_map newuidmap newgidmap fakeroot no
     def subordinate(self) -> bool:
         return len(self.uid_map) > 1
 
+    @property
+    def highest(self) -> tuple[int, int]:
+        """The highest uid and gid inside."""
+        return (max(inside + count - 1 for inside, _, count in self.uid_map),
+                max(inside + count - 1 for inside, _, count in self.gid_map))
+
 
 # ---------------------------------------------------------------------------- discovery
 

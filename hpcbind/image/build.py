@@ -205,6 +205,7 @@ class _Build:
     out: Path
     privilege: Privilege
     fakeroot: str  # fakeroot(1), for Privilege.FAKED
+    mapped: tuple[int, int]  # Privilege.NAMESPACE: the highest uid and gid it holds
 
     @property
     def owners_state(self) -> Path:
@@ -224,6 +225,7 @@ def build(
     fetch: oci.FetchOptions | None = None,
     privilege: Privilege | None = None,
     fakeroot: str = "",
+    mapped: tuple[int, int] = (0, 0),
 ) -> None:
     """Build ``out`` (a SIF, or a sandbox directory) from ``source``.
 
@@ -231,7 +233,8 @@ def build(
     reference (``docker://...``, ``oci:...``: fetched with ``fetch``'s options).
     ``privilege`` says who this process is (default: ROOT or USER by its uid); a plain user
     builds definitions that run nothing inside, the other modes any. ``fakeroot`` is
-    fakeroot(1) for Privilege.FAKED. ``SOURCE_DATE_EPOCH`` fixes the build time recorded in
+    fakeroot(1) for Privilege.FAKED; ``mapped`` the highest uid and gid the namespace of
+    Privilege.NAMESPACE holds. ``SOURCE_DATE_EPOCH`` fixes the build time recorded in
     labels and the SIF header.
     """
     progress = progress or LineProgress(sys.stderr)
@@ -250,7 +253,7 @@ def build(
     try:
         with _umask(0o022), _sigterm_as_interrupt(), _workdir(parent, progress) as work:
             job = _Build(definition, given, work, progress, force, _build_time(),
-                         fetch or oci.FetchOptions(), out, privilege, fakeroot)
+                         fetch or oci.FetchOptions(), out, privilege, fakeroot, mapped)
             if privilege is Privilege.FAKED:
                 job.owners_state.touch()
             roots: dict[str, Path] = {}
@@ -505,7 +508,10 @@ def _extract(job: _Build, image: Path, rootfs: Path) -> None:
             # Not real root: no security.* or trusted.* xattrs (the user.* ones are kept), and
             # no device nodes; those go into the SIF as mksquashfs pseudo files instead.
             options.append("-user-xattrs")
-            devices = _squashfs_devices(found.path, found.offset)
+            listing = _squashfs_listing(found.path, found.offset)
+            if job.privilege is Privilege.NAMESPACE:
+                _check_owners(image, listing, job.mapped)
+            devices = parse_devices(listing)
             if devices:
                 _devices_path(rootfs).write_text("".join(d.pseudo + "\n" for d in devices))
                 excluded = job.work / f"{rootfs.name}.excluded"
@@ -514,9 +520,8 @@ def _extract(job: _Build, image: Path, rootfs: Path) -> None:
         argv = ["unsquashfs", "-f", *options, "-d", str(rootfs), "-o", str(found.offset),
                 found.path]
         _run(job, argv, "unsquashfs", f"extracting {image} failed",
-             "see the unsquashfs output above; check that the image is not truncated"
-             + ("" if job.privilege is not Privilege.NAMESPACE else
-                ", and that its owners are within your subordinate ids"), faked=True)
+             "see the unsquashfs output above; check that the image is not truncated",
+             faked=True)
     else:
         # cp -a keeps owners, modes, links, devices and xattrs, as Apptainer's tar copy does.
         _run(job, ["cp", "-a", f"{found.path}/.", str(rootfs)], "cp",
@@ -557,13 +562,37 @@ def _octal(perms: str) -> str:
     return f"{bits:o}"
 
 
-def _squashfs_devices(path: str, offset: int) -> list[Device]:
+def _squashfs_listing(path: str, offset: int) -> str:
     try:
-        listing = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), path],
-                                 capture_output=True, text=True, errors="replace", check=True)
+        return subprocess.run(["unsquashfs", "-lln", "-o", str(offset), path],
+                              capture_output=True, text=True, errors="replace",
+                              check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return []  # the extraction itself then says what is wrong with the image
-    return parse_devices(listing.stdout)
+        return ""  # the extraction itself then says what is wrong with the image
+
+
+# unsquashfs -lln: the mode, then "uid/gid"
+_LISTED_OWNER = re.compile(r"\S{10} +(\d+)/(\d+) .*?squashfs-root(/.*)$")
+
+
+def unmapped_owner(listing: str, mapped: tuple[int, int]) -> tuple[str, int, int] | None:
+    """The first entry of an ``unsquashfs -lln`` listing owned beyond ``mapped`` (the highest
+    uid and gid a namespace holds), as (path, uid, gid); None when all fit."""
+    for line in listing.splitlines():
+        match = _LISTED_OWNER.match(line)
+        if match and (int(match[1]) > mapped[0] or int(match[2]) > mapped[1]):
+            return match[3].split(" -> ")[0], int(match[1]), int(match[2])
+    return None
+
+
+def _check_owners(image: Path, listing: str, mapped: tuple[int, int]) -> None:
+    beyond = unmapped_owner(listing, mapped)
+    if beyond is not None:
+        path, uid, gid = beyond
+        raise HpcbindError(f"{image}: {path} is owned by {uid}:{gid}, beyond the ids your "
+                           f"subordinate ranges give the namespace (0-{mapped[0]} and "
+                           f"0-{mapped[1]})", "ask the site for larger ranges in /etc/subuid "
+                           "and /etc/subgid, or build as root")
 
 
 def _devices_path(rootfs: Path) -> Path:
