@@ -358,7 +358,9 @@ def namespace_build(unprivileged: Unprivileged, example: Path, package: Path,
 def test_fakeroot_build_keeps_the_images_owners(namespace_build, example: Path,
                                                 unprivileged: Unprivileged) -> None:
     """groupadd, useradd, chown, chgrp, a setgid directory and dpkg -i in %post: the squashfs
-    holds the image's own ids, entry by entry; none of the subordinate or host ids."""
+    holds the image's own ids, entry by entry; none of the subordinate or host ids. %setup
+    has the user's rights only: its chown fails. Seen red: %setup run with the namespace's
+    capabilities chowns, and the build stops there."""
     out, r = namespace_build
     assert r.returncode == 0, r.stderr
     assert "Running testscript" in r.stderr and "NOTE" not in r.stderr
@@ -471,7 +473,7 @@ def test_site_set_up_errors(unprivileged: Unprivileged, second_user: Unprivilege
                             work: Path) -> None:
     """newuidmap without its setuid bit, newuidmap or fakeroot(1) missing, an image owner
     beyond the subordinate range, and ranges overlapping another user's: one line each,
-    exit 255, nothing written."""
+    exit 255, nothing written. Seen red: without the overlap check the build goes ahead."""
     definition = work / "x.def"
     definition.write_text(f"Bootstrap: localimage\nFrom: {unprivileged.busybox_sif}\n"
                           "%post\n    true\n")
@@ -536,7 +538,8 @@ def test_interrupted_build_leaves_nothing(unprivileged: Unprivileged, work: Path
                                           signal_name: str) -> None:
     """SIGTERM (a batch system's time limit) during %post: the namespace's processes end and
     the work directory, owned by subordinate ids, is removed from inside the namespace.
-    SIGKILL leaves the directory (nothing runs to remove it), but no process."""
+    SIGKILL leaves the directory (nothing runs to remove it), but no process. Seen red:
+    without setpriv --pdeathsig before unshare, the %post's sleep outlives a SIGKILL."""
     definition = work / "slow.def"
     definition.write_text(f"Bootstrap: localimage\nFrom: {unprivileged.busybox_sif}\n"
                           f"%post\n    chown 4242 /bin\n    sleep {MARKER_SECONDS}\n")
