@@ -58,6 +58,11 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
 HONOURED_OPTIONS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "bind", "rbind"})
 
 
+# Ranks share one container per node, as the user: a namespace each would part them.
+FAKEROOT_NOT_FOR_RANKS = ("--fakeroot is not for the ranks of a launcher: they share one "
+                          "container per node, as you", "run the launcher without --fakeroot")
+
+
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
         "ib devices exec_hint verbose node_session gpu_bind mpi_host fakeroot"),
@@ -147,8 +152,7 @@ def _user_namespace(options: RunOptions, caller: Caller, log: list[str]):
     if not options.fakeroot:
         return None
     if options.node_session:
-        raise HpcbindError("--fakeroot is not for the ranks of a launcher: they share one "
-                           "container per node, as you", "run the launcher without --fakeroot")
+        raise HpcbindError(*FAKEROOT_NOT_FOR_RANKS)
     if caller.subids is None:
         log.append("--fakeroot: you are root already; no user namespace")
         return None

@@ -621,11 +621,11 @@ def test_sandbox_work_with_fakeroot(unprivileged: Unprivileged, work: Path) -> N
 
 
 def test_fakeroot_is_not_for_launcher_ranks() -> None:
-    code, _, err = hpcrun_main("exec", "--dry-run", "--fakeroot", "--node-session", "k",
-                               str(BUSYBOX_SIF), "true")
-    assert (code, err) == (255, "hpcrun: error: --fakeroot is not for the ranks of a "
-                                "launcher: they share one container per node, as you; run "
-                                "the launcher without --fakeroot\n")
+    refusal = ("hpcrun: error: --fakeroot is not for the ranks of a launcher: they share one "
+               "container per node, as you; run the launcher without --fakeroot\n")
+    for argv in (["exec", "--dry-run", "--fakeroot", "--node-session", "k"],
+                 ["--fakeroot", "mpirun", "-np", "2"]):  # before any rank starts
+        assert hpcrun_main(*argv, str(BUSYBOX_SIF), "true") == (255, "", refusal)
 
 
 @pytest.mark.slow
