@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcbind.errors import HpcbindError
+
+if TYPE_CHECKING:
+    from hpcbind.host.subids import IdMap
 
 # The compression default can come from the environment, so a site can make lz4 or zstd its
 # default for faster container start-up without changing every build command.
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _become_root():
-    """Enter the --fakeroot namespace; its IdMap."""
+def _become_root() -> IdMap:
+    """Enter the --fakeroot namespace (the process must have no thread yet); its map."""
     import pwd
 
     from hpcbind.hostroot import HostRoot

@@ -14,8 +14,11 @@ import os
 import subprocess
 
 from hpcbind.errors import HpcbindError
-from hpcbind.host.subids import IdMap
 from hpcbind.runtime import linux
+
+TYPE_CHECKING = False  # typing's flag without importing typing (the runtime's habit)
+if TYPE_CHECKING:
+    from hpcbind.host.subids import IdMap
 
 # The helper waits for one line on stdin: the namespace exists then. A closed pipe (this
 # process died first) ends it without mapping anything.
