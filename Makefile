@@ -54,7 +54,8 @@ $(VENV)/.installed: pyproject.toml scripts/hpcrun.in
 bytecode: venv
 	$(VENV)/bin/python -m compileall -q hpcbind
 
-# subordinate ids, so test_security.py can show newuidmap working before it is refused
+# subordinate ids: test_security.py shows newuidmap working before it is refused,
+# test_fakeroot.py builds with --fakeroot in a namespace of them
 test-user:
 	@id $(TEST_USER) >/dev/null 2>&1 || useradd --create-home --shell /bin/bash $(TEST_USER)
 	@touch /etc/subuid /etc/subgid

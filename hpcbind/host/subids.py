@@ -157,7 +157,7 @@ def fakeroot_map(facts: Facts, *, fake_owners: bool) -> IdMap:
             "is not installed to fake file owners instead",
             f"ask the site to add the line '{line}' to /etc/subuid and /etc/subgid (or to "
             "install fakeroot)")
-    how = "fakeroot(1) recording file owners" if fake_owners else "only root inside"
+    how = "fakeroot(1) recording file owners" if fake_owners else "and no other id exists inside"
     note = (f"no subordinate ids for {facts.user} in {missing}: root is mapped to you alone, "
             f"{how} (the line '{line}' in /etc/subuid and /etc/subgid gives the full map)")
     return IdMap(((0, facts.uid, 1),), ((0, facts.gid, 1),), "", "",
