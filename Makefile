@@ -13,7 +13,7 @@ TEST_USER := hpcbind-test
 APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse3 \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
 	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev libsquashfuse-dev debootstrap lz4 zstd pciutils util-linux \
-	uidmap libcap2-bin skopeo umoci docker-registry
+	uidmap fakeroot libcap2-bin skopeo umoci docker-registry
 
 STARTER := $(VENV)/bin/hpcrun-starter
 SQUASHFS_SERVER := $(VENV)/bin/hpcbind-squashfuse
@@ -68,7 +68,8 @@ $(SQUASHFS_SERVER): hpcbind/runtime/squashfs_server.c | venv deps
 bytecode: venv
 	$(VENV)/bin/python -m compileall -q hpcbind
 
-# subordinate ids, so test_security.py can show newuidmap working before it is refused
+# subordinate ids: test_security.py shows newuidmap working before it is refused,
+# test_fakeroot.py builds with --fakeroot in a namespace of them
 test-user:
 	@id $(TEST_USER) >/dev/null 2>&1 || useradd --create-home --shell /bin/bash $(TEST_USER)
 	@touch /etc/subuid /etc/subgid

@@ -59,13 +59,19 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
 HONOURED_OPTIONS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "bind", "rbind"})
 
 
+# Ranks share one container per node, as the user: a namespace each would part them.
+FAKEROOT_NOT_FOR_RANKS = ("--fakeroot is not for the ranks of a launcher: they share one "
+                          "container per node, as you", "run the launcher without --fakeroot")
+
+
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
-        "ib devices exec_hint verbose node_session gpu_bind mpi_host"),
+        "ib devices exec_hint verbose node_session gpu_bind mpi_host fakeroot"),
         defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
-                  False, "", "", False))):
+                  False, "", "", False, False))):
     """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
-    node_session: the key shared by the ranks of one launch (one container per node)."""
+    node_session: the key shared by the ranks of one launch (one container per node);
+    fakeroot: root inside a user namespace of the caller's subordinate ids."""
 
     __slots__ = ()
 
@@ -74,9 +80,11 @@ class RunOptions(namedtuple("RunOptions", (
         return bool(self.nv or self.rocm or self.ib or self.devices or self.mpi_host)
 
 
-class Caller(namedtuple("Caller", "env cwd home")):
+class Caller(namedtuple("Caller", "env cwd home subids", defaults=(None,))):
     """What the container is assembled for: the caller's environment, current directory and
-    home directory (from the password database), read from the host once by the caller."""
+    home directory (from the password database), read from the host once by the caller;
+    subids: a plain user's subordinate ids for --fakeroot (``hpcbind.host.subids.Facts``),
+    None when not asked for or already root."""
 
     __slots__ = ()
 
@@ -136,8 +144,27 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         new_ipc=options.containall,
         exec_hint=options.exec_hint,
         verbose=options.verbose,
+        id_map=_user_namespace(options, caller, log),
     )
     return Assembly(spec, tuple(log), tuple(checks))
+
+
+def _user_namespace(options: RunOptions, caller: Caller, log: list[str]):
+    """--fakeroot: the map of the user namespace to be root in (an ``IdMap``), or None."""
+    if not options.fakeroot:
+        return None
+    if options.node_session:
+        raise HpcbindError(*FAKEROOT_NOT_FOR_RANKS)
+    if caller.subids is None:
+        log.append("--fakeroot: you are root already; no user namespace")
+        return None
+    from hpcbind.host.subids import fakeroot_map
+
+    idmap = fakeroot_map(caller.subids, fake_owners=False)
+    log.append("--fakeroot: root inside, uid map " + ", ".join(
+        " ".join(map(str, line)) for line in idmap.uid_map) + (f"; {idmap.note}" if idmap.note
+                                                               else ""))
+    return idmap
 
 
 def node_share(assembly: Assembly, gpus_and_hcas) -> dict:

@@ -35,6 +35,9 @@ def to_dict(assembly: Assembly) -> dict:
                 "edits": [{"action": e.action, "name": e.name, "value": e.value}
                           for e in spec.env.edits],
                 "image_scripts": spec.use_env_scripts},
+        "user_namespace": None if spec.id_map is None else
+        {"uid_map": [list(line) for line in spec.id_map.uid_map],
+         "gid_map": [list(line) for line in spec.id_map.gid_map], "root_inside": True},
         "checks": [{"status": status, "name": name, "message": message, "fix": fix}
                    for status, name, message, fix in assembly.checks],
         "log": list(assembly.log),
@@ -49,6 +52,9 @@ def render_text(assembly: Assembly) -> str:
     data = to_dict(assembly)
     lines = [f"Container of {data['image']['path']} ({data['image']['kind']})",
              f"command: {' '.join(data['command'])}", f"working directory: {data['cwd']}"]
+    if data["user_namespace"]:
+        lines.append("user: root inside (--fakeroot), uid map " + ", ".join(
+            " ".join(map(str, line)) for line in data["user_namespace"]["uid_map"]))
     lines += _mounts(data)
     env = data["env"]
     lines += ["", f"Environment: {len(env['base'])} variables from the host and hpcrun "

@@ -48,6 +48,9 @@ OPTIONS = (
            "show the whole container (every mount with its provider and reason, devices, "
            "environment, directory, command, the apply log); mount and run nothing"),
     Option(("--json",), "json", "flag", None, "with --dry-run: as JSON"),
+    Option(("-f", "--fakeroot"), "fakeroot", "flag", None,
+           "be root inside: a user namespace mapping root to you and your subordinate ids "
+           "(/etc/subuid, /etc/subgid), or root alone without them"),
     Option(("--node-session",), "node_session", "value", "KEY",
            "share one container among the processes of this node that give the same KEY "
            "(set by 'hpcrun mpirun|mpiexec|srun'; rarely given by hand)"),
@@ -126,7 +129,7 @@ def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
         cleanenv=args.cleanenv, env=tuple(args.env), env_files=tuple(args.env_file),
         nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
         exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
-        gpu_bind=args.gpu_bind, mpi_host=_mpi_host(args.mpi),
+        gpu_bind=args.gpu_bind, mpi_host=_mpi_host(args.mpi), fakeroot=args.fakeroot,
     )
 
 

@@ -28,6 +28,10 @@ def parse(argv: list[str]):
 
 
 def run(args) -> int:
+    if args.fakeroot:
+        from hpcbind.assemble import FAKEROOT_NOT_FOR_RANKS
+
+        raise HpcbindError(*FAKEROOT_NOT_FOR_RANKS)
     line = mpi_launcher.split([args.image, *args.rest])
     launcher_path = _which(line.launcher)
     image = _image(line)

@@ -22,14 +22,24 @@ built as Apptainer does: as ``Bootstrap: localimage`` from it, without a Deffile
 
 Everything happens in one temporary directory, removed on success, error, Ctrl-C or SIGTERM;
 nothing is mounted in the caller's mount namespace, so removing it never reaches the host.
+
+Who builds (``Privilege``): root; a plain user, for what runs nothing inside (files owned by
+root in the image, as Apptainer's ``-all-root``); or, with ``--fakeroot``, a user who is root
+of a user namespace that the command entered before calling ``build``. There the kernel keeps
+the owners within the user's subordinate ids and mksquashfs, in the same namespace, records
+the image's own ids; without subordinate ids fakeroot(1) records them in a file shared by
+every tool that touches the root filesystem. Device nodes, which only real root makes, are
+left out of the extraction and given to mksquashfs as pseudo definitions.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import json
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -38,10 +48,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque, namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -166,6 +178,19 @@ def console_progress() -> Iterator[Progress]:
 # ------------------------------------------------------------------------------------ build
 
 
+class Privilege(Enum):
+    """Who the build runs as, and so how the owners of the image's files reach it."""
+
+    ROOT = "root"  # real root: the kernel keeps every owner, device nodes are made
+    # --fakeroot: root of a user namespace holding the user's subordinate ids; the kernel
+    # keeps owners within them, mksquashfs records the namespace's ids
+    NAMESPACE = "namespace"
+    # --fakeroot without subordinate ids: root maps to the user alone, fakeroot(1) records
+    # the owners in a file that the tools touching the root filesystem share
+    FAKED = "faked"
+    USER = "user"  # a plain user, nothing run inside: every file root's in the image
+
+
 @dataclass(frozen=True, slots=True)
 class _Build:
     """What every step of one build needs."""
@@ -177,6 +202,15 @@ class _Build:
     force: bool
     now: datetime
     fetch: oci.FetchOptions  # for the docker, oci, ... bootstraps
+    out: Path
+    privilege: Privilege
+    fakeroot: str  # fakeroot(1), for Privilege.FAKED
+    mapped: tuple[int, int]  # Privilege.NAMESPACE: the highest uid and gid it holds
+
+    @property
+    def owners_state(self) -> Path:
+        """fakeroot(1)'s record of the owners it faked, kept from tool to tool."""
+        return self.work / "fakeroot.state"
 
 
 def build(
@@ -189,45 +223,106 @@ def build(
     build_args: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     fetch: oci.FetchOptions | None = None,
+    privilege: Privilege | None = None,
+    fakeroot: str = "",
+    mapped: tuple[int, int] = (0, 0),
 ) -> None:
     """Build ``out`` (a SIF, or a sandbox directory) from ``source``.
 
     ``source`` is a definition file, a sandbox directory, a squashfs file, a SIF or an image
-    reference (``docker://...``, ``oci:...``: fetched with ``fetch``'s options). Building
-    from a definition file needs root, as Apptainer without --fakeroot. ``SOURCE_DATE_EPOCH``
-    fixes the build time recorded in labels and the SIF header.
+    reference (``docker://...``, ``oci:...``: fetched with ``fetch``'s options).
+    ``privilege`` says who this process is (default: ROOT or USER by its uid); a plain user
+    builds definitions that run nothing inside, the other modes any. ``fakeroot`` is
+    fakeroot(1) for Privilege.FAKED; ``mapped`` the highest uid and gid the namespace of
+    Privilege.NAMESPACE holds. ``SOURCE_DATE_EPOCH`` fixes the build time recorded in
+    labels and the SIF header.
     """
     progress = progress or LineProgress(sys.stderr)
+    if privilege is None:
+        privilege = Privilege.ROOT if os.geteuid() == 0 else Privilege.USER
     if compression not in COMPRESSIONS:
         raise HpcbindError(f"unknown compression {compression!r}",
                            f"use one of {', '.join(COMPRESSIONS)}")
     out = out.absolute()
     _check_output(out, force)
     definition, given = _load(source, build_args or {})
-    if given and os.geteuid() != 0:
-        raise HpcbindError(f"building {source} needs root: %post and %test run as root in "
-                           "the image", "run 'sudo hpcrun build ...' (there is no --fakeroot)")
     _check_buildable(definition)
+    _check_privilege(definition, privilege)
     progress.step("Starting build...")
     parent = out.parent if sandbox else None  # a sandbox is renamed into place: same fs
     try:
         with _umask(0o022), _sigterm_as_interrupt(), _workdir(parent, progress) as work:
             job = _Build(definition, given, work, progress, force, _build_time(),
-                         fetch or oci.FetchOptions())
+                         fetch or oci.FetchOptions(), out, privilege, fakeroot, mapped)
+            if privilege is Privilege.FAKED:
+                job.owners_state.touch()
             roots: dict[str, Path] = {}
             for index, stage in enumerate(definition.stages):
                 rootfs = _build_stage(job, stage, index, roots)
                 roots[stage.name or str(index)] = rootfs
             if sandbox:
+                _note_sandbox_losses(job, rootfs)
                 _remove(out)
                 rootfs.rename(out)
             else:
                 _assemble_sif(job, rootfs, out, compression)
     except OSError as err:  # the tools report their own failures; this is our own file I/O
+        if err.errno == errno.ENOSPC:
+            raise disk_full(out, parent or Path(tempfile.gettempdir())) from None
         raise HpcbindError(f"building {out} failed: {err.strerror}: {err.filename}",
                            "check the free space and permissions there (work files go to "
                            "$TMPDIR, or beside OUT for --sandbox)") from None
     progress.step(f"Build complete: {out}")
+
+
+def _check_privilege(definition: Definition, privilege: Privilege) -> None:
+    if privilege is Privilege.USER:
+        reason = root_needed(definition)
+        if reason:
+            raise HpcbindError(f"building {definition.path} needs root: {reason}",
+                               "build with --fakeroot (hpcrun build --fakeroot OUT DEF), or "
+                               "as root")
+    if privilege is Privilege.FAKED:
+        for stage in definition.stages:
+            if stage.bootstrap == "debootstrap":
+                raise HpcbindError(
+                    f"{definition.path}:{stage.line}: 'Bootstrap: debootstrap' under "
+                    "--fakeroot needs subordinate ids (debootstrap's own chroot cannot load "
+                    "fakeroot(1))", "ask the site for a line in /etc/subuid and /etc/subgid, "
+                    "or bootstrap from an image (localimage, docker)")
+
+
+def root_needed(definition: Definition) -> str:
+    """Why building ``definition`` needs root (file:line and what), or "" when a plain user
+    can: bootstrapping from an image, files, metadata and host scripts need nobody's ids."""
+    for stage in definition.stages:
+        if stage.bootstrap == "debootstrap":
+            return (f"{definition.path}:{stage.line}: debootstrap installs packages as root "
+                    "in the image")
+        for name in ("post", "test"):
+            script = stage.script(name)
+            if script is not None and script.body.strip():
+                return f"{definition.path}:{script.line}: %{name} runs as root in the image"
+    return ""
+
+
+def disk_full(out: Path, work_parent: Path) -> HpcbindError:
+    return HpcbindError(f"building {out} failed: no space left on the file system of "
+                        f"{work_parent}, where the build unpacks the image",
+                        "free space there, or set TMPDIR (for --sandbox: build beside OUT) to "
+                        "a file system with room for the unpacked image and the squashfs")
+
+
+def _note_sandbox_losses(job: _Build, rootfs: Path) -> None:
+    """What a sandbox built without real root cannot hold, said once."""
+    devices = _devices_path(rootfs)
+    if devices.is_file():
+        count = len(devices.read_text().splitlines())
+        job.progress.step(f"NOTE: the sandbox lacks the image's {count} device node(s): only "
+                          "root makes them (containers get the host's /dev)")
+    if job.privilege is Privilege.FAKED:
+        job.progress.step("NOTE: file owners set under fakeroot(1) are not kept in a sandbox: "
+                          "its files are yours")
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -372,25 +467,137 @@ def _debootstrap(job: _Build, stage: Stage, rootfs: Path) -> None:
                       f"{stage.get('mirrorurl')}")
     # In private mount and PID namespaces: debootstrap mounts /proc and /sys in the target,
     # and an interrupted run must not leave them mounted where the clean-up would reach them.
+    # debootstrap and the chroot it calls are in /usr/sbin, on no plain user's PATH
+    env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}"}
+    if job.privilege is Privilege.NAMESPACE:
+        # debootstrap's own switch for hosts that cannot make device nodes (LXC's): no mknod
+        # test of the target, the host's nodes bound on a tmpfs /dev there instead
+        env["container"] = "lxc"
     _run(job, [*_PRIVATE_NAMESPACES, *argv], "debootstrap", "debootstrap failed",
-         "see its output above; check OSVersion and MirrorURL, and that the mirror is reachable")
+         "see its output above; check OSVersion and MirrorURL, and that the mirror is reachable",
+         env=env)
     rootfs.chmod(0o755)
+    if job.privilege is not Privilege.ROOT:
+        _debootstrap_devices(rootfs)
+
+
+# debootstrap's setup_devices_simple: the nodes a root debootstrap makes in /dev
+_DEBOOTSTRAP_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                        ("urandom", 1, 9), ("tty", 5, 0), ("console", 5, 1))
+
+
+def _debootstrap_devices(rootfs: Path) -> None:
+    """The nodes debootstrap could not make, as pseudo definitions for mksquashfs; the empty
+    files that its chroot's ``> /dev/null`` left in their place go."""
+    lines = []
+    for name, major, minor in _DEBOOTSTRAP_DEVICES:
+        placeholder = rootfs / "dev" / name
+        if placeholder.is_file() and not placeholder.is_symlink() and \
+                placeholder.stat().st_size == 0:
+            placeholder.unlink()
+        lines.append(f"/dev/{name} c 666 0 0 {major} {minor}\n")
+    _devices_path(rootfs).write_text("".join(lines))
 
 
 def _extract(job: _Build, image: Path, rootfs: Path) -> None:
     found = locate(str(image))
     job.progress.step(f"Extracting local image {image}...")
     if found.is_squashfs:
-        # A user may not write security.* or trusted.* xattrs: keep the user.* ones only.
-        options = ["-user-xattrs"] if os.geteuid() != 0 else []
+        options: list[str] = []
+        if job.privilege is not Privilege.ROOT:
+            # Not real root: no security.* or trusted.* xattrs (the user.* ones are kept), and
+            # no device nodes; those go into the SIF as mksquashfs pseudo files instead.
+            options.append("-user-xattrs")
+            listing = _squashfs_listing(found.path, found.offset)
+            if job.privilege is Privilege.NAMESPACE:
+                _check_owners(image, listing, job.mapped)
+            devices = parse_devices(listing)
+            if devices:
+                _devices_path(rootfs).write_text("".join(d.pseudo + "\n" for d in devices))
+                excluded = job.work / f"{rootfs.name}.excluded"
+                excluded.write_text("".join(d.path.lstrip("/") + "\n" for d in devices))
+                options += ["-no-wildcards", "-exclude-file", str(excluded)]
         argv = ["unsquashfs", "-f", *options, "-d", str(rootfs), "-o", str(found.offset),
                 found.path]
         _run(job, argv, "unsquashfs", f"extracting {image} failed",
-             "see the unsquashfs output above; check that the image is not truncated")
+             "see the unsquashfs output above; check that the image is not truncated",
+             faked=True)
     else:
         # cp -a keeps owners, modes, links, devices and xattrs, as Apptainer's tar copy does.
         _run(job, ["cp", "-a", f"{found.path}/.", str(rootfs)], "cp",
-             f"copying sandbox {image} failed", "see the cp output above")
+             f"copying sandbox {image} failed", "see the cp output above", faked=True)
+
+
+class Device(namedtuple("Device", "path pseudo")):
+    """A device node of an image: its path, and the mksquashfs pseudo definition making it."""
+
+    __slots__ = ()
+
+
+# unsquashfs -lln: "crw-rw-rw- 0/0   1,  3 2024-01-01 00:00 squashfs-root/dev/null"
+_LISTED_DEVICE = re.compile(r"([cb])([-rwxsStT]{9}) +(\d+)/(\d+) +(\d+), *(\d+) +\S+ +\S+ "
+                            r"squashfs-root(/\S+)$")
+
+
+def parse_devices(listing: str) -> list[Device]:
+    """The device nodes of an ``unsquashfs -lln`` listing (names with spaces or odd bytes,
+    which no system puts in /dev, are left out rather than quoted)."""
+    devices = []
+    for line in listing.splitlines():
+        match = _LISTED_DEVICE.match(line)
+        if match:
+            kind, perms, uid, gid, major, minor, path = match.groups()
+            devices.append(Device(path, f"{path} {kind} {_octal(perms)} {uid} {gid} {major} "
+                                        f"{minor}"))
+    return devices
+
+
+def _octal(perms: str) -> str:
+    """"rw-rw-rw-" -> "666" (special bits dropped: nobody needs them on a device node; s
+    and t stand for x plus one, S and T for one alone)."""
+    bits = 0
+    for index, char in enumerate(perms):
+        if char in "rwxst":
+            bits |= 1 << (8 - index)
+    return f"{bits:o}"
+
+
+def _squashfs_listing(path: str, offset: int) -> str:
+    try:
+        return subprocess.run(["unsquashfs", "-lln", "-o", str(offset), path],
+                              capture_output=True, text=True, errors="replace",
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""  # the extraction itself then says what is wrong with the image
+
+
+# unsquashfs -lln: the mode, then "uid/gid"
+_LISTED_OWNER = re.compile(r"\S{10} +(\d+)/(\d+) .*?squashfs-root(/.*)$")
+
+
+def unmapped_owner(listing: str, mapped: tuple[int, int]) -> tuple[str, int, int] | None:
+    """The first entry of an ``unsquashfs -lln`` listing owned beyond ``mapped`` (the highest
+    uid and gid a namespace holds), as (path, uid, gid); None when all fit."""
+    for line in listing.splitlines():
+        match = _LISTED_OWNER.match(line)
+        if match and (int(match[1]) > mapped[0] or int(match[2]) > mapped[1]):
+            return match[3].split(" -> ")[0], int(match[1]), int(match[2])
+    return None
+
+
+def _check_owners(image: Path, listing: str, mapped: tuple[int, int]) -> None:
+    beyond = unmapped_owner(listing, mapped)
+    if beyond is not None:
+        path, uid, gid = beyond
+        raise HpcbindError(f"{image}: {path} is owned by {uid}:{gid}, beyond the ids your "
+                           f"subordinate ranges give the namespace (0-{mapped[0]} and "
+                           f"0-{mapped[1]})", "ask the site for larger ranges in /etc/subuid "
+                           "and /etc/subgid, or build as root")
+
+
+def _devices_path(rootfs: Path) -> Path:
+    """The pseudo definitions of the device nodes left out of ``rootfs``, beside it."""
+    return rootfs.with_name(rootfs.name + ".devices")
 
 
 def _unpack_oci(job: _Build, stage: Stage, rootfs: Path) -> None:
@@ -404,7 +611,9 @@ def _unpack_oci(job: _Build, stage: Stage, rootfs: Path) -> None:
     fetched = cache.fetch(reference, job.fetch, job.work)
     job.progress.step("Extracting OCI image...")
     rootfs.rmdir()  # umoci makes it
-    for note in cache.unpack(fetched, rootfs):
+    keep = job.privilege in (Privilege.ROOT, Privilege.NAMESPACE)
+    for note in cache.unpack(fetched, rootfs, keep_owners=keep,
+                             make_devices=job.privilege is Privilege.ROOT):
         sys.stderr.write(f"hpcrun: note: {note}\n")
     make_base_env(rootfs, overwrite=True)
     _write(rootfs, "/.singularity.d/runscript", oci.runscript(fetched.config), 0o755)
@@ -445,7 +654,8 @@ def _copy_from_stage(job: _Build, copy: FileCopy, stage: str, src_root: Path,
             dst = dst / match.name
         job.progress.step(f"Copying {inner} from stage {stage} to {copy.dst or inner}")
         _run(job, ["cp", "-aT", str(src), str(dst)], "cp",
-             f"{_where(job, copy)}: copying {inner} failed", "see the cp output above")
+             f"{_where(job, copy)}: copying {inner} failed", "see the cp output above",
+             faked=True)
 
 
 def _expand(job: _Build, copy: FileCopy, pattern: Path, hint: str) -> list[Path]:
@@ -492,6 +702,9 @@ def _make_parent(dst: str) -> None:
 # ---------------------------------------------------------------------------------- scripts
 
 
+_NO_CAPABILITIES = ("setpriv", "--inh-caps=-all", "--bounding-set=-all", "--")
+
+
 def _run_host_script(job: _Build, script: Script | None, rootfs: Path) -> None:
     """%pre and %setup: on the host, with the root filesystem's path in the environment."""
     if script is None or not script.body.strip():
@@ -501,8 +714,13 @@ def _run_host_script(job: _Build, script: Script | None, rootfs: Path) -> None:
     env = {**os.environ, **_paired("ROOTFS", str(rootfs)),
            **_paired("ENVIRONMENT", POST_ENVIRONMENT)}
     job.progress.step(f"Running {script.name} scriptlet")
+    argv = deffile.section_argv(script.name, str(path), script.args)
+    if job.privilege in (Privilege.NAMESPACE, Privilege.FAKED):
+        # On the host as the user: uid 0 of the namespace is the user, and without its
+        # capabilities it has exactly the user's rights there.
+        argv = [*_NO_CAPABILITIES, *argv]
     try:
-        _run(job, deffile.section_argv(script.name, str(path), script.args), f"%{script.name}",
+        _run(job, argv, f"%{script.name}",
              f"{job.definition.path}:{script.line}: %{script.name} failed",
              "see its output above", env=env)
     finally:
@@ -530,7 +748,9 @@ def _paired(name: str, value: str) -> dict[str, str]:
 
 # Run as PID 1 of new mount and PID namespaces (util-linux unshare), so every mount below
 # disappears when the step ends, even when it is killed, and none is ever visible in the
-# caller's namespace, where the temporary directory is removed. Written as a fixed shell
+# caller's namespace, where the temporary directory is removed. unshare itself gets SIGKILL
+# when the build dies (setpriv --pdeathsig), even by SIGKILL, and takes the namespace along:
+# nothing of a %post outlives the build. Written as a fixed shell
 # script over Debian's mount and chroot rather than ctypes mount(2) calls: the paths arrive as
 # arguments, never in the script's text. A tmpfs /dev with the usual nodes, not the host's
 # /dev, and a read-only /sys: a '%post rm -rf /dev/*' must not reach the host. /tmp and
@@ -545,8 +765,21 @@ if [ "$mode" = ro ]; then
     mount -o remount,bind,ro "$root"
 fi
 mount -t proc proc "$root/proc"
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+if ! mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys" 2>/dev/null; then
+    # in a user namespace (--fakeroot) sysfs needs a network namespace of its own
+    mount --rbind /sys "$root/sys"
+    mount -o remount,bind,ro,nosuid,nodev,noexec "$root/sys"
+fi
 mount -t tmpfs -o nosuid,mode=0755 dev "$root/dev"
+if [ -n "${FAKEROOTKEY:-}" ]; then
+    # fakeroot(1)'s library must load in the image too: a copy on this tmpfs, first on the
+    # library path (the host's after it, for the tools of this script)
+    mkdir "$root/dev/.fakeroot"
+    for dir in $(echo "$LD_LIBRARY_PATH" | tr : ' '); do
+        if [ -f "$dir/$LD_PRELOAD" ]; then cp "$dir/$LD_PRELOAD" "$root/dev/.fakeroot/"; break; fi
+    done
+    export LD_LIBRARY_PATH="/dev/.fakeroot:$LD_LIBRARY_PATH"
+fi
 for node in null zero full random urandom tty; do
     touch "$root/dev/$node"
     mount --bind "/dev/$node" "$root/dev/$node"
@@ -565,8 +798,8 @@ if [ -n "$resolv" ]; then mount --bind "$resolv" "$resolv_at"; fi
 if [ -n "$hosts" ]; then mount --bind "$hosts" "$hosts_at"; fi
 exec chroot "$root" "$@"
 """
-_PRIVATE_NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-                       "--kill-child")
+_PRIVATE_NAMESPACES = ("setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount",
+                       "--propagation", "private", "--pid", "--fork", "--kill-child")
 _MOUNT_POINTS = ("/proc", "/sys", "/dev", "/tmp", "/var/tmp")
 
 
@@ -584,7 +817,7 @@ def _run_inside(job: _Build, rootfs: Path, argv: list[str], tag: str, *,
     enter = [*_PRIVATE_NAMESPACES, "/bin/sh", "-c", _ENTER, "enter", str(rootfs), mode,
              *[str(p) for pair in staged for p in pair]]
     _run(job, [*enter, *argv], tag, failure or f"{tag} failed", "see its output above",
-         env=clean, cwd="/")
+         env=clean, cwd="/", faked=True)
 
 
 def _ensure_mount_point(job: _Build, rootfs: Path, point: str) -> None:
@@ -804,9 +1037,13 @@ def _assemble_sif(job: _Build, rootfs: Path, out: Path, compression: str) -> Non
     os.close(fd)
     squashfs = Path(name)
     argv = ["mksquashfs", str(rootfs), str(squashfs), "-noappend", "-comp", compression]
-    if os.geteuid() != 0:
+    if job.privilege is Privilege.USER:
         argv.append("-all-root")  # as Apptainer: a user's build must not record their uid
-    _run(job, argv, "mksquashfs", "mksquashfs failed", "see its output above")
+    devices = _devices_path(rootfs)
+    if devices.is_file():
+        argv += ["-pf", str(_present_devices(devices, rootfs))]
+    # In a namespace mksquashfs sees the namespace's ids, not the subordinate ids behind them.
+    _run(job, argv, "mksquashfs", "mksquashfs failed", "see its output above", faked=True)
     objects = []
     if job.given:
         objects.append(sif.ObjectInput(sif.DataType.DEFFILE,
@@ -826,6 +1063,23 @@ def _assemble_sif(job: _Build, rootfs: Path, out: Path, compression: str) -> Non
     sif.create(out, objects, launch_script=LAUNCH_SCRIPT, created_at=int(job.now.timestamp()))
 
 
+def _present_devices(devices: Path, rootfs: Path) -> Path:
+    """The pseudo definitions whose directory is still there and whose path is free (a %post
+    may have removed or replaced what was extracted around them)."""
+    kept = []
+    for line in devices.read_text().splitlines():
+        path = line.split(" ", 1)[0]
+        directory = posixpath.dirname(path).lstrip("/")
+        parent = rootfs / directory
+        # no link on the way: mksquashfs places the node by this path in the image
+        inside = os.path.realpath(parent) == os.path.join(os.path.realpath(rootfs), directory)
+        if inside and parent.is_dir() and not os.path.lexists(parent / posixpath.basename(path)):
+            kept.append(line + "\n")
+    present = devices.with_name(devices.name + ".present")
+    present.write_text("".join(kept))
+    return present
+
+
 def _remove(out: Path) -> None:
     """Remove an old OUT; the caller checked --force."""
     if out.is_dir() and not out.is_symlink():
@@ -841,8 +1095,17 @@ _PIECE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r)")
 
 
 def _run(job: _Build, argv: list[str], tag: str, failure: str, fix: str, *,
-         env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
-    """Run ``argv``, streaming its output to the progress reporter; fail with one line."""
+         env: Mapping[str, str] | None = None, cwd: str | None = None,
+         faked: bool = False) -> None:
+    """Run ``argv``, streaming its output to the progress reporter; fail with one line that
+    quotes its last lines (the only ones a quiet build shows).
+
+    ``faked``: the tool sets or reads the owners of the root filesystem's files, so under
+    Privilege.FAKED it runs in fakeroot(1) with the build's record of them.
+    """
+    if faked and job.privilege is Privilege.FAKED:
+        argv = _under_fakeroot(job, argv)
+        env = {**(os.environ if env is None else env), **_FAKEROOT_ENV}
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -851,8 +1114,9 @@ def _run(job: _Build, argv: list[str], tag: str, failure: str, fix: str, *,
                            f"install it (Debian: apt-get install {_PACKAGES.get(argv[0], argv[0])})"
                            ) from None
     assert proc.stdout is not None
+    last: deque[str] = deque(maxlen=_TAIL_LINES)
     try:
-        _relay(proc.stdout, tag, job.progress)
+        _relay(proc.stdout, tag, job.progress, last)
         code = proc.wait()
     except BaseException:
         proc.kill()
@@ -861,24 +1125,61 @@ def _run(job: _Build, argv: list[str], tag: str, failure: str, fix: str, *,
     finally:
         proc.stdout.close()
     if code != 0:
-        raise HpcbindError(f"{failure} (exit code {code})", fix)
+        if _nearly_full(job.work):
+            raise disk_full(job.out, job.work.parent)
+        quoted = " / ".join(repr(line[:_TAIL_WIDTH]) for line in last)
+        raise HpcbindError(f"{failure} (exit code {code}" +
+                           (f"; its last lines: {quoted})" if quoted else ")"), fix)
 
 
 _PACKAGES = {"mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
-             "unshare": "util-linux", "debootstrap": "debootstrap"}
+             "unshare": "util-linux", "debootstrap": "debootstrap", "fakeroot": "fakeroot",
+             "setpriv": "util-linux"}
+_TAIL_LINES = 3
+_TAIL_WIDTH = 200
+# fakeroot(1) also tries the real chown, and passes on its failure unless it is EPERM: in a
+# namespace mapping root alone it is EINVAL (Apptainer sets the same).
+_FAKEROOT_ENV = {"FAKEROOTDONTTRYCHOWN": "1"}
 
 
-def _relay(stream: IO[bytes], tag: str, progress: Progress) -> None:
+def _under_fakeroot(job: _Build, argv: list[str]) -> list[str]:
+    """``argv`` under fakeroot(1), loading and saving the build's record of owners; in its own
+    PID namespace, so that its daemon (faked) dies with it, even when the build is killed."""
+    state = str(job.owners_state)
+    fakeroot = [job.fakeroot, "-i", state, "-s", state, "--"]
+    namespaces = len(_PRIVATE_NAMESPACES)
+    if tuple(argv[:namespaces]) == _PRIVATE_NAMESPACES:  # %post, %test: around the chroot
+        return [*_PRIVATE_NAMESPACES, *fakeroot, *argv[namespaces:]]
+    return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--pid", "--fork",
+            "--kill-child", *fakeroot, *argv]
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def _relay(stream: IO[bytes], tag: str, progress: Progress, last: deque[str]) -> None:
     pending = b""
     while chunk := os.read(stream.fileno(), 65536):
         pending += chunk
         end = 0
         for piece in _PIECE.finditer(pending):
-            progress.output(tag, piece[1].decode(errors="replace"), piece[2] == b"\r")
+            _pass_on(progress, tag, piece[1].decode(errors="replace"), piece[2] == b"\r", last)
             end = piece.end()
         pending = pending[end:]
     if pending:
-        progress.output(tag, pending.decode(errors="replace"), False)
+        _pass_on(progress, tag, pending.decode(errors="replace"), False, last)
+
+
+def _pass_on(progress: Progress, tag: str, line: str, transient: bool,
+             last: deque[str]) -> None:
+    progress.output(tag, line, transient)
+    if not transient and line.strip():
+        last.append(line.strip())
 
 
 def _write(rootfs: Path, path: str, data: bytes, mode: int) -> None:

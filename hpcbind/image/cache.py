@@ -94,10 +94,20 @@ def fetch(reference: Reference, options: FetchOptions, work: Path) -> Fetched:
         return _read(reference, layout, tag)
 
 
-def unpack(fetched: Fetched, rootfs: Path) -> list[str]:
-    """Apply the layers into ``rootfs`` (which must not exist); notes on what was skipped."""
-    notes = oci.check_layers(fetched.layers, fetched.reference)
-    argv = ["umoci", "raw", "unpack", *(["--rootless"] if os.geteuid() != 0 else []),
+def unpack(fetched: Fetched, rootfs: Path, *, keep_owners: bool | None = None,
+           make_devices: bool | None = None) -> list[str]:
+    """Apply the layers into ``rootfs`` (which must not exist); notes on what was skipped.
+
+    keep_owners: the layers' owners can be set (root, or a namespace holding subordinate
+    ids); make_devices: device nodes can be made (real root only). Both default to whether
+    this process is root.
+    """
+    root = os.geteuid() == 0
+    keep_owners = root if keep_owners is None else keep_owners
+    notes = oci.check_layers(fetched.layers, fetched.reference,
+                             root if make_devices is None else make_devices)
+    # In a user namespace umoci leaves an empty file for a device node by itself.
+    argv = ["umoci", "raw", "unpack", *([] if keep_owners else ["--rootless"]),
             "--image", f"{fetched.layout}:{fetched.tag}", str(rootfs)]
     with locked(fetched.layout.parent):
         oci.run_tool(argv, fetched.reference)

@@ -248,12 +248,13 @@ def run_tool(argv: Sequence[str], reference: Reference, *, show_progress: bool =
 # ---------------------------------------------------------------------- layer safety check
 
 
-def check_layers(layers: Sequence[Path], reference: Reference) -> list[str]:
+def check_layers(layers: Sequence[Path], reference: Reference,
+                 make_devices: bool) -> list[str]:
     """Refuse layers with entries outside the root; return notes for what will be skipped.
 
     umoci confines such entries to the root already; refusing names the bad image instead of
-    unpacking a silently different one. Device nodes cannot be made by a plain user: umoci
-    --rootless leaves an empty file instead, which the caller notes.
+    unpacking a silently different one. Device nodes cannot be made but by root
+    (``make_devices``): umoci leaves an empty file instead, which the caller notes.
     """
     notes = []
     for layer in layers:
@@ -274,7 +275,7 @@ def check_layers(layers: Sequence[Path], reference: Reference) -> list[str]:
                                    f"climbing out of the root: {name!r} -> "
                                    f"{member.linkname!r}",
                                    "the image is malformed or hostile; do not use it")
-            if (member.ischr() or member.isblk()) and os.geteuid() != 0:
+            if (member.ischr() or member.isblk()) and not make_devices:
                 notes.append(f"device node /{name.lstrip('./')} skipped: an empty file in its "
                              "place (only root makes device nodes; containers get the host's "
                              "/dev)")

@@ -31,6 +31,10 @@ from hpcbind.runtime import identity, linux
 from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
 from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image, pin_server
 
+TYPE_CHECKING = False  # typing's flag without importing typing, which costs a rank ~3 ms
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
 ENV_SCRIPTS = "/.singularity.d/env"
 SCRATCH_DIRS = ("/tmp", "/var/tmp")
@@ -45,13 +49,15 @@ class DeviceBind(namedtuple("DeviceBind", "source destination provider reason",
 
 class ContainerSpec(namedtuple("ContainerSpec", (
         "image argv env cwd binds devices links home session_size_mb rootfs use_env_scripts "
-        "new_ipc exec_hint verbose"),
-        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False))):
+        "new_ipc exec_hint verbose id_map"),
+        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False, None))):
     """Everything the runtime needs, decided before any namespace exists.
 
     image: ImageSource; argv: the command; env: ContainerEnv; cwd: initial directory inside;
     binds: Binds in mount order; devices: DeviceBinds; links: (container path, target);
-    exec_hint: what to say when argv[0] is missing from the image.
+    exec_hint: what to say when argv[0] is missing from the image; id_map: for --fakeroot,
+    the user namespace to be root in (``hpcbind.host.subids.IdMap``), else None (the
+    caller's own ids).
     """
 
     __slots__ = ()
@@ -70,7 +76,7 @@ def generated_mounts(spec: ContainerSpec) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def enter(spec: ContainerSpec) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
+def enter(spec: ContainerSpec) -> NoReturn:
     prepare(spec)
     execute(spec)
 
@@ -79,7 +85,7 @@ def prepare(spec: ContainerSpec) -> None:
     """Steps 1-5: this process ends up inside the container, not yet running the program."""
     user = identity.host_user()  # on the host, before any namespace
     sources = [(b, host_source(b)) for b in spec.binds]
-    _unshare(user.uid, user.gid, spec.new_ipc)
+    _unshare(user.uid, user.gid, spec.new_ipc, spec.id_map)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     # after unshare (a bind source must be a mount of this namespace), before the session
     # tmpfs covers /tmp, where the image may be
@@ -110,15 +116,21 @@ def prepare(spec: ContainerSpec) -> None:
         _link(new, path, target)
     if spec.home:  # a contained or image-less home still has to exist to start in
         os.makedirs(container_path(new, spec.home), exist_ok=True)
-    _write_identity(new, user, spec.home)
+    _write_identity(new, identity.ROOT if spec.id_map else user, spec.home)
 
     os.chdir(new)
     linux.pivot_root(".", ".")
     linux.umount2(".", linux.MNT_DETACH)
 
 
-def _unshare(uid: int, gid: int, new_ipc: bool) -> None:
+def _unshare(uid: int, gid: int, new_ipc: bool, id_map) -> None:
     ipc = 0x08000000 if new_ipc else 0  # CLONE_NEWIPC
+    if id_map is not None:
+        from hpcbind.runtime import userns
+
+        userns.enter(id_map)
+        linux.unshare(linux.CLONE_NEWNS | ipc)
+        return
     try:
         if uid == 0:
             linux.unshare(linux.CLONE_NEWNS | ipc)
@@ -234,7 +246,7 @@ def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
                                               read_only=True, recursive=False))
 
 
-def execute(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
+def execute(spec: ContainerSpec) -> NoReturn:
     """Step 6, in a process already inside the container (by prepare, or by joining one)."""
     argv, env = command_line(spec)
     apply(RankExec(argv, env, spec.cwd, spec.home, *failure_line(spec)))

@@ -18,6 +18,10 @@ class HostUser(namedtuple("HostUser", "uid gid name group gecos shell",
     __slots__ = ()
 
 
+# who the caller is inside with --fakeroot
+ROOT = HostUser(0, 0, "root", "root", "root", "/bin/bash")
+
+
 def host_user() -> HostUser:
     """The caller as the host knows them; looked up before the host's /etc is out of reach."""
     uid, gid = os.getuid(), os.getgid()
