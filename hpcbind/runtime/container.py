@@ -27,9 +27,10 @@ import os
 import sys
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError
-from hpcbind.runtime import identity, linux
+from hpcbind.errors import HpcbindError, warn
+from hpcbind.runtime import identity, linux, overlays
 from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
+from hpcbind.runtime.environment import quote
 from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image
 
 SESSION = "/tmp"  # mount point of the session tmpfs; bubblewrap uses /tmp the same way
@@ -44,15 +45,27 @@ class DeviceBind(namedtuple("DeviceBind", "source destination provider reason",
     __slots__ = ()
 
 
+class Overlay(namedtuple("Overlay", "path read_only")):
+    """An ``--overlay``: a host directory or ext3 image file; read-only ones are lower
+    layers, the writable one (at most one) the upper layer that keeps the root's writes."""
+
+    __slots__ = ()
+
+
 class ContainerSpec(namedtuple("ContainerSpec", (
         "image argv env cwd binds devices links home session_size_mb rootfs use_env_scripts "
-        "new_ipc exec_hint verbose"),
-        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False))):
+        "new_ipc exec_hint verbose cwd_required overlays writable scratch level"),
+        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False, False, (),
+                  False, (), 1))):
     """Everything the runtime needs, decided before any namespace exists.
 
     image: ImageSource; argv: the command; env: ContainerEnv; cwd: initial directory inside;
     binds: Binds in mount order; devices: DeviceBinds; links: (container path, target);
-    exec_hint: what to say when argv[0] is missing from the image.
+    exec_hint: what to say when argv[0] is missing from the image; cwd_required: cwd was
+    asked for (--pwd), so its absence is an error, not a fall-back to home; overlays:
+    Overlays over the image, lowest first; writable: the sandbox directory itself is the
+    root, read-write; scratch: container paths given empty private directories in the
+    session tmpfs; level: how much to say (``errors.message_level``).
     """
 
     __slots__ = ()
@@ -62,10 +75,20 @@ def generated_mounts(spec: ContainerSpec) -> list[tuple[str, str, str, str]]:
     """What ``prepare`` mounts besides the spec's binds, as (source, destination, options,
     reason): the image and its private writable layer, and the identity files."""
     how = "squashfs, read-only" if spec.image.is_squashfs else "directory, read-only"
-    return [
-        (spec.image.path, "/", "overlay,nosuid,nodev",
-         f"the image ({how}) under a private writable tmpfs layer of "
-         f"{spec.session_size_mb} MB (session.size_mb)"),
+    upper = next((o.path for o in spec.overlays if not o.read_only), "")
+    if spec.writable:
+        root = [(spec.image.path, "/", "bind,rw,nosuid,nodev",
+                 "the sandbox directory itself, read-write (--writable)")]
+    else:
+        layer = (f"the writable layer {upper} (--overlay; writes kept)" if upper else
+                 f"a private writable tmpfs layer of {spec.session_size_mb} MB "
+                 "(session.size_mb)")
+        root = [(spec.image.path, "/", "overlay,nosuid,nodev", f"the image ({how}) under "
+                 f"{layer}")]
+        root += [(o.path, "/", "overlay lower,ro", "--overlay :ro, above the image")
+                 for o in spec.overlays if o.read_only]
+    return root + [(f"(session tmpfs){d}", d, "rw,nosuid,nodev", "empty and private")
+                   for d in spec.scratch] + [
         ("(generated)", "/etc/passwd", "ro,nosuid,nodev", "the image's users plus you"),
         ("(generated)", "/etc/group", "ro,nosuid,nodev", "the image's groups plus yours"),
     ]
@@ -80,36 +103,46 @@ def prepare(spec: ContainerSpec) -> None:
     """Steps 1-5: this process ends up inside the container, not yet running the program."""
     user = identity.host_user()  # on the host, before any namespace
     sources = [(b, host_source(b)) for b in spec.binds]
+    layers = overlays.lock_layers(spec.overlays)  # before anything is mounted
     _unshare(user.uid, user.gid, spec.new_ipc)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     # after unshare (a bind source must be a mount of this namespace), before the session
     # tmpfs covers /tmp, where the image may be
     image_fd = open_image(spec.image)
+    layers = overlays.reopen(layers)
     linux.mount("hpcbind", SESSION, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={spec.session_size_mb}m")
     for d in ("oldroot", "newroot", "lower", "upper", "work"):
         os.mkdir(f"{SESSION}/{d}", 0o755)
-    how = _mount_root(spec, image_fd, f"{SESSION}/lower", f"{SESSION}/upper", f"{SESSION}/work",
-                      f"{SESSION}/newroot")
+    how = _mount_root(spec, image_fd, layers, f"{SESSION}/newroot")
     _log(spec, f"image {spec.image.path} mounted by {how}")
 
     linux.pivot_root(SESSION, f"{SESSION}/oldroot")
     os.chdir("/")
     new = "/newroot"
+    for path in spec.scratch:
+        private = f"/scratch{path}"
+        os.makedirs(private, mode=0o700)
+        os.chmod(private, 0o1777 if path in SCRATCH_DIRS else 0o700)
+        _bind(private, new, Bind(private, path, reason="scratch"), spec)
+        _log(spec, f"{path}: an empty private directory in the session tmpfs")
     for bind, source in sources:
         if source is None:
             _log(spec, f"skipped {bind.source}: missing and optional")
             continue
-        _bind(f"/oldroot{source}", new, bind)
-        _log(spec, f"bind {source} -> {bind.destination} ({bind.provider}: {bind.reason})")
+        if _bind(f"/oldroot{source}", new, bind, spec):
+            _log(spec, f"bind {source} -> {bind.destination} ({bind.provider}: {bind.reason})")
     for dev in spec.devices:
         _bind(f"/oldroot{os.path.realpath(dev.source)}", new,
               Bind(dev.source, dev.destination, recursive=False, device=True,
-                   reason=dev.reason or "device"))
+                   reason=dev.reason or "device"), spec)
     for path, target in spec.links:
         _link(new, path, target)
     if spec.home:  # a contained or image-less home still has to exist to start in
-        os.makedirs(container_path(new, spec.home), exist_ok=True)
+        try:
+            os.makedirs(container_path(new, spec.home), exist_ok=True)
+        except OSError as err:  # a sandbox, --writable, without it
+            warn(spec.level, f"home {spec.home} missing in the container: {err.strerror}")
     _write_identity(new, user, spec.home)
 
     os.chdir(new)
@@ -137,18 +170,34 @@ def _unshare(uid: int, gid: int, new_ipc: bool) -> None:
         f.write(f"{gid} {gid} 1")
 
 
-def _mount_root(spec: ContainerSpec, image_fd: int, lower: str, upper: str, work: str,
-                root: str) -> str:
-    how = mount_image(spec.image, image_fd, lower, spec.rootfs)
+def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
+    """The image at ``root``: under an overlay whose upper layer is the session tmpfs or the
+    writable ``--overlay``, or (``--writable``) the sandbox itself, read-write."""
+    lower, upper, work = f"{SESSION}/lower", f"{SESSION}/upper", f"{SESSION}/work"
+    how = mount_image(spec.image, image_fd, lower, spec.rootfs, writable=spec.writable)
+    if spec.writable:
+        linux.mount(lower, root, None, linux.MS_BIND | linux.MS_REC)
+        return f"{how}, read-write (--writable)"
+    lowers, persistent, needs_fuse = overlays.mount_layers(layers, SESSION, spec.level)
+    if persistent:
+        upper, work = persistent
     _claim_parents(lower, upper, _mount_points(spec))
     _claim_scratch(spec, lower, upper)
+    lowerdir = ":".join([*reversed(lowers), lower])  # overlayfs lists the top layer first
+    if needs_fuse:
+        overlays.fuse_overlayfs(lowerdir, upper, work, root)
+        return how + "".join(f", {layer.describe()}" for layer in layers) + " (fuse-overlayfs)"
     try:
         linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
-                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+                    f"lowerdir={lowerdir},upperdir={upper},workdir={work},userxattr")
     except OSError as err:
+        if persistent:
+            raise HpcbindError(f"can't use the writable --overlay as an overlayfs upper layer: "
+                               f"{err.strerror}", "put the overlay directory on a local "
+                               "filesystem (ext4, xfs), not NFS or Lustre") from None
         raise HpcbindError(f"can't create the writable session layer (overlay): {err.strerror}",
                            "hpcrun needs Linux >= 5.11 for overlayfs in a user namespace") from None
-    return how
+    return how + "".join(f", {layer.describe()}" for layer in layers)
 
 
 def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
@@ -156,7 +205,7 @@ def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
     owned by a root the user namespace cannot map: nobody could write there. As Apptainer's
     contained session directories, they become the caller's, sticky and world-writable, in
     the session layer (so bounded by session.size_mb, and gone with the container)."""
-    bound = {b.destination for b in spec.binds}
+    bound = {b.destination for b in spec.binds} | set(spec.scratch)
     for path in SCRATCH_DIRS:
         if path in bound:
             continue
@@ -196,9 +245,17 @@ def _claim_parents(lower: str, upper: str, paths: list[str]) -> None:
                 os.chmod(above, os.stat(below).st_mode & 0o7777)
 
 
-def _bind(source: str, root: str, bind: Bind) -> None:
+def _bind(source: str, root: str, bind: Bind, spec: ContainerSpec | None = None) -> bool:
+    """Bind ``source``; False when skipped: a writable sandbox without the mount point, which
+    hpcrun may not create there (Apptainer skips these too, with a warning)."""
     target = container_path(root, bind.destination)
-    make_mountpoint(target, os.path.isdir(source))
+    try:
+        make_mountpoint(target, os.path.isdir(source), bind.destination)
+    except HpcbindError as err:
+        if spec is None or not spec.writable or bind.provider == "user":
+            raise
+        warn(spec.level, f"{bind.destination} not bound ({err.what}; --writable)")
+        return False
     flags = linux.MS_BIND | (linux.MS_REC if bind.recursive else 0)
     try:
         linux.mount(source, target, None, flags)
@@ -210,6 +267,7 @@ def _bind(source: str, root: str, bind: Bind) -> None:
     except OSError as err:
         raise HpcbindError(f"can't bind {bind.source} to {bind.destination}: {err.strerror}",
                            "check that the source is readable by you") from None
+    return True
 
 
 def _link(root: str, path: str, target: str) -> None:
@@ -238,14 +296,24 @@ def execute(spec: ContainerSpec) -> "NoReturn":  # noqa: F821
     """Step 6, in a process already inside the container (by prepare, or by joining one)."""
     try:
         os.chdir(spec.cwd)
-    except OSError:
+    except OSError as err:
+        if spec.cwd_required:
+            print(f"hpcrun: error: can't change to --pwd {spec.cwd} in the container: "
+                  f"{err.strerror}; give a directory the image has, or --bind one there",
+                  file=sys.stderr)
+            os._exit(255)
         os.chdir(spec.home if os.path.isdir(spec.home) else "/")
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     argv = list(spec.argv)
     if spec.use_env_scripts and os.path.isdir(ENV_SCRIPTS) and os.access("/bin/sh", os.X_OK):
         env = dict(spec.env.base)
+        # the shell's own "exec: line 3: X: not found" would name neither image nor command
+        missing = quote(f"hpcrun: error: can't execute {argv[0]} in {spec.image.path}: not "
+                        f"found; {spec.exec_hint or 'check that the command exists in the image'}")
         script = (f'for f in {ENV_SCRIPTS}/*.sh; do [ -f "$f" ] && . "$f"; done\n'
-                  f'{spec.env.shell_edits()}\nexec "$@"')
+                  f'{spec.env.shell_edits()}\n'
+                  f'command -v "$1" >/dev/null 2>&1 || {{ echo {missing} >&2; exit 127; }}\n'
+                  'exec "$@"')
         argv = ["/bin/sh", "-c", script, argv[0]] + argv
     else:
         env = spec.env.final()

@@ -54,12 +54,15 @@ def open_image(image: ImageSource) -> int:
     return os.open(image.path, flags | os.O_CLOEXEC)
 
 
-def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions) -> str:
-    """Mount ``image`` (open as ``image_fd``) read-only at ``target``; returns how."""
+def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions,
+                writable: bool = False) -> str:
+    """Mount ``image`` (open as ``image_fd``) read-only at ``target``; returns how.
+    writable: a sandbox directory bound read-write (``--writable``)."""
     ref = f"/proc/self/fd/{image_fd}"
     if not image.is_squashfs:
         linux.mount(ref, target, None, linux.MS_BIND | linux.MS_REC)
-        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT
+                    | (0 if writable else linux.MS_RDONLY)
                     | linux.MS_NOSUID | linux.MS_NODEV | linux.locked_flags(target))
         return "bind"
     failures = []
@@ -96,18 +99,27 @@ def _which(name: str) -> str | None:
 
 
 def _mount_loop(image: ImageSource, image_fd: int, target: str) -> None:
+    mount_loop(image_fd, image.offset, image.size, image.path, target, "squashfs", _FUSE_FLAGS)
+
+
+def mount_loop(fd: int, offset: int, size: int, name: str, target: str, fstype: str,
+               flags: int) -> None:
+    """Mount what ``fd`` holds from ``offset`` (``size`` bytes, 0: to the end) through a loop
+    device; read-only unless ``flags`` lacks MS_RDONLY. The device is freed by the kernel
+    when its mount goes away (LO_FLAGS_AUTOCLEAR)."""
+    read_only = bool(flags & linux.MS_RDONLY)
     with open("/dev/loop-control", "rb") as ctl:
         number = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
     loop_path = f"/dev/loop{number}"
-    loop_fd = os.open(loop_path, os.O_RDONLY | os.O_CLOEXEC)
+    loop_fd = os.open(loop_path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(loop_fd, _LOOP_SET_FD, image_fd)
-        info = _LOOP_INFO64.pack(0, 0, 0, image.offset, image.size, number, 0, 0,
-                                 _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR,
-                                 os.fsencode(image.path)[:63], b"", b"", 0, 0)
+        fcntl.ioctl(loop_fd, _LOOP_SET_FD, fd)
+        info = _LOOP_INFO64.pack(0, 0, 0, offset, size, number, 0, 0,
+                                 _LO_FLAGS_AUTOCLEAR | (_LO_FLAGS_READ_ONLY if read_only else 0),
+                                 os.fsencode(name)[:63], b"", b"", 0, 0)
         try:
             fcntl.ioctl(loop_fd, _LOOP_SET_STATUS64, info)
-            linux.mount(loop_path, target, "squashfs", _FUSE_FLAGS)
+            linux.mount(loop_path, target, fstype, flags)
         except OSError:
             fcntl.ioctl(loop_fd, _LOOP_CLR_FD, 0)
             raise
