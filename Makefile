@@ -13,7 +13,8 @@ TEST_USER := hpcbind-test
 APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse3 \
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
 	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev debootstrap lz4 zstd pciutils util-linux \
-	uidmap libcap2-bin skopeo umoci docker-registry
+	uidmap libcap2-bin skopeo umoci docker-registry \
+	e2fsprogs fuse2fs
 
 .PHONY: demo test deps venv test-user example bench bench-osu clean
 

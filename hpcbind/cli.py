@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "docker-archive:) into a SIF file"),
     "cache": ("hpcbind.commands.cache", "list or clean the cache of pulled layers and images"),
     "sif": ("hpcbind.commands.sif", "read and edit SIF files (header, list, info, dump, new, add, del, setprim)"),
+    "overlay": ("hpcbind.commands.overlay", "create an ext3 overlay image for --overlay"),
     "sign": ("hpcbind.commands.sign", "sign a SIF image (PGP or DSSE)"),
     "verify": ("hpcbind.commands.verify", "verify a SIF image's signatures"),
     "config": ("hpcbind.commands.config", "show the effective site configuration"),
@@ -135,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
         debug = bool(getattr(args, "debug", debug))
+        if debug:  # now: inside the container the host's Python library is out of reach
+            import traceback
         return args.command_run(args)
     except HpcbindError as err:
         if debug:  # a traceback for a bug report, as asked
-            import traceback
-
             traceback.print_exc()
         print(f"hpcrun: error: {err}", file=sys.stderr)
         return err.exit_code

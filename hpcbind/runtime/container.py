@@ -178,15 +178,12 @@ def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
     if spec.writable:
         linux.mount(lower, root, None, linux.MS_BIND | linux.MS_REC)
         return f"{how}, read-write (--writable)"
-    lowers, persistent, needs_fuse = overlays.mount_layers(layers, SESSION, spec.level)
+    lowers, persistent = overlays.mount_layers(layers, SESSION)
     if persistent:
         upper, work = persistent
     _claim_parents(lower, upper, _mount_points(spec))
     _claim_scratch(spec, lower, upper)
     lowerdir = ":".join([*reversed(lowers), lower])  # overlayfs lists the top layer first
-    if needs_fuse:
-        overlays.fuse_overlayfs(lowerdir, upper, work, root)
-        return how + "".join(f", {layer.describe()}" for layer in layers) + " (fuse-overlayfs)"
     try:
         linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
                     f"lowerdir={lowerdir},upperdir={upper},workdir={work},userxattr")

@@ -9,11 +9,12 @@ persist in it.
 How each is mounted, in the caller's private mount namespace:
 - a directory: bound in from a descriptor opened before the session tmpfs hides /tmp;
 - an ext3 image as root: the kernel's ext4 driver over a loop device;
-- an ext3 image as a plain user: ``fuse2fs`` (libfuse 2, which mounts only with
+- an ext3 image as a plain user, read-only: ``fuse2fs`` (libfuse 2, which mounts only with
   CAP_SYS_ADMIN: it gets it, as an ambient capability of the user namespace, and nothing
-  outside it). The kernel's overlayfs refuses fuse2fs as an upper layer (its directory
-  entries carry no file type), so a writable image becomes the root through
-  ``fuse-overlayfs`` instead, as Apptainer does for plain users.
+  outside it). Writable, it is refused: the kernel's overlayfs will not take fuse2fs as an
+  upper layer (its directory entries carry no file type: "upper fs needs to support
+  d_type"), and fuse-overlayfs, Apptainer's way round, loses its own files when the
+  container's pivot_root moves its root (tried: "Operation not supported" on every exec).
 
 Locks: a writable layer is locked exclusively and a read-only one shared (``flock`` on the
 directory or file) for the container's life, so a second container writing the same
@@ -31,7 +32,7 @@ import stat
 import struct
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError, note
+from hpcbind.errors import HpcbindError
 from hpcbind.runtime import linux
 
 DIRECTORY, IMAGE = "directory", "ext3 image"
@@ -94,6 +95,12 @@ def _open(overlay) -> Layer:
     if stat.S_ISDIR(st.st_mode):
         return Layer(overlay, fd, DIRECTORY)
     if stat.S_ISREG(st.st_mode) and _is_ext(fd):
+        if writable and os.getuid() != 0:
+            os.close(fd)
+            raise HpcbindError(f"a writable ext3 --overlay ({overlay.path}) needs root here: "
+                               "the kernel's overlayfs cannot write through fuse2fs",
+                               "use a directory as the writable overlay, or the image "
+                               "read-only (IMG:ro)")
         return Layer(overlay, fd, IMAGE)
     os.close(fd)
     raise HpcbindError(f"--overlay {overlay.path} is neither a directory nor an ext3 image",
@@ -146,21 +153,18 @@ def _keep_locks(fds: list[int]) -> None:
         os._exit(0)
 
 
-def mount_layers(layers: list[Layer], session: str,
-                 level: int) -> tuple[list[str], tuple[str, str] | None, bool]:
+def mount_layers(layers: list[Layer], session: str) -> tuple[list[str], tuple[str, str] | None]:
     """Mount each layer under ``session``: (the read-only layers' directories, lowest
-    first; the writable layer's (upper, work) or None; whether the root must be made by
-    ``fuse_overlayfs``: a writable image for a plain user)."""
+    first; the writable layer's (upper, work) or None)."""
     lowers: list[str] = []
     persistent = None
-    needs_fuse = False
     for i, layer in enumerate(layers):
         where = f"{session}/overlay{i}"
         os.mkdir(where, 0o755)
         if layer.kind == DIRECTORY:
             linux.mount(f"/proc/self/fd/{layer.fd}", where, None, linux.MS_BIND | linux.MS_REC)
         else:
-            _mount_image(layer, where, level)
+            _mount_image(layer, where)
         if layer.overlay.read_only:
             files = f"{where}/upper"
             lowers.append(files if os.path.isdir(files) else where)
@@ -173,11 +177,10 @@ def mount_layers(layers: list[Layer], session: str,
                 raise HpcbindError(f"can't create {d.replace(where, layer.overlay.path)}: "
                                    f"{err.strerror}", "give a writable overlay you own, or "
                                    "use it read-only (PATH:ro)") from None
-        needs_fuse = layer.kind == IMAGE and os.getuid() != 0
-    return lowers, persistent, needs_fuse
+    return lowers, persistent
 
 
-def _mount_image(layer: Layer, where: str, level: int) -> None:
+def _mount_image(layer: Layer, where: str) -> None:
     read_only = layer.overlay.read_only
     flags = linux.MS_NOSUID | linux.MS_NODEV | (linux.MS_RDONLY if read_only else 0)
     if os.getuid() == 0:
@@ -194,27 +197,11 @@ def _mount_image(layer: Layer, where: str, level: int) -> None:
         raise HpcbindError(f"can't mount the ext3 --overlay {layer.overlay.path} as a plain "
                            "user: fuse2fs not found", "install it (apt-get install fuse2fs), "
                            "or use a directory as the overlay")
-    options = "ro" if read_only else "rw"
-    # fuse2fs warns on every mount that it does not write the journal: it is said once here
     _serve(where, [fuse2fs, f"/proc/self/fd/{layer.fd}", where, "-f", "-o",
-                   f"{options},nosuid,nodev"], layer.fd, quiet=True)
-    if not read_only:
-        note(level, f"--overlay {layer.overlay.path} is served by fuse2fs, which does not "
-             "write the journal: let the container exit normally")
+                   "ro,nosuid,nodev"], layer.fd)
 
 
-def fuse_overlayfs(lowerdir: str, upper: str, work: str, root: str) -> None:
-    """The root made by fuse-overlayfs (``lowerdir`` as overlayfs spells it)."""
-    server = _which("fuse-overlayfs")
-    if server is None:
-        raise HpcbindError("a writable ext3 --overlay needs fuse-overlayfs for a plain user",
-                           "install it (apt-get install fuse-overlayfs), or use a directory "
-                           "as the writable overlay")
-    _serve(root, [server, "-f", "-o", f"lowerdir={lowerdir},upperdir={upper},workdir={work}",
-                  root], None, quiet=True)
-
-
-def _serve(mountpoint: str, argv: list[str], keep_fd: int | None, quiet: bool) -> None:
+def _serve(mountpoint: str, argv: list[str], keep_fd: int) -> None:
     """Start a libfuse server that mounts ``mountpoint`` itself and wait for the mount; the
     server dies with this process (PR_SET_PDEATHSIG), as the squashfs server does."""
     import time
@@ -227,14 +214,11 @@ def _serve(mountpoint: str, argv: list[str], keep_fd: int | None, quiet: bool) -
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
-            if keep_fd is not None:
-                os.set_inheritable(keep_fd, True)
+            os.set_inheritable(keep_fd, True)
             _raise_ambient_sys_admin()
             devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            if quiet:
-                os.dup2(devnull, 2)
+            for std in (0, 1, 2):  # fuse2fs warns of the journal on every mount
+                os.dup2(devnull, std)
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
