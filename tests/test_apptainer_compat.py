@@ -192,3 +192,65 @@ def test_bad_option_variable_is_one_line(unprivileged: Unprivileged):
                          env={"APPTAINER_CONTAIN": "yes please"})
     assert (r.returncode, r.stdout, r.stderr.count("\n")) == (255, "", 1), r.stderr
     assert "APPTAINER_CONTAIN" in r.stderr
+
+
+def test_unpack_fallback_skips_device_nodes(unprivileged: Unprivileged, place: Path, tmp_path):
+    """Without FUSE the image is unpacked into the cache; its device nodes (debootstrap's
+    /dev/zero, ...) only root may create: skipped with a note, the rest runs."""
+    import subprocess
+
+    root = tmp_path / "root"
+    subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", "45056", "-d", str(root),
+                    str(unprivileged.busybox_sif)], check=True, capture_output=True)
+    image = unprivileged.root / "with-devices.sqfs"
+    subprocess.run(["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-no-progress",
+                    "-all-root", "-p", "dev/zero c 666 root root 1 5",
+                    "-p", "dev/sda b 660 root root 8 0"], check=True, capture_output=True)
+    image.chmod(0o644)
+    config = place / "no-fuse.toml"
+    config.write_text('[image]\nsquashfuse = "no-such-squashfuse"\n')
+    env = {"HPCBIND_CONFIG": str(config), "HPCRUN_CACHEDIR": str(place / "unpacked")}
+    r = unprivileged.run("exec", str(image), "echo", "ran", env=env)
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+    assert "skipped 2 device node(s) (/dev/sda, /dev/zero)" in r.stderr
+    assert r.stderr.count("\n") == 1
+    r = unprivileged.run("-q", "exec", str(image), "echo", "again", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "again\n", "")
+
+
+SIF_IMAGES = Path(__file__).parent / "data" / "sif" / "sylabs-sif" / "images"
+PGP_KEY = SIF_IMAGES.parent / "keys" / "private.asc"
+
+
+def test_sif_takes_siftools_order():
+    """``siftool info ID IMAGE``; the older ``IMAGE ID`` still reads the same."""
+    import subprocess
+
+    from conftest import HPCRUN
+
+    image = str(SIF_IMAGES / "one-group.sif")
+    for action in ("info", "dump"):
+        siftool_order, older = (subprocess.run([HPCRUN, "sif", action, *args], timeout=60,
+                                               capture_output=True)
+                                for args in (("2", image), (image, "2")))
+        assert siftool_order.returncode == 0 and siftool_order.stdout, siftool_order.stderr
+        assert (older.returncode, older.stdout) == (0, siftool_order.stdout)
+
+
+@pytest.mark.parametrize("image,options,code,said", [
+    ("one-group.sif", (), 255, "one-group.sif is not signed (it has no signature object)"),
+    # Singularity <= 3.5 signed the primary partition alone (object 2 here, signature 3)
+    ("one-group-signed-legacy.sif", ("--legacy",), 0,
+     "object 2: verified objects 2 (signature object 3)"),
+    ("one-group-signed-legacy.sif", ("--legacy-insecure",), 0, "object 2: verified objects 2"),
+    # a legacy signature of the whole group is still checked as the group's
+    ("one-group-signed-legacy-group.sif", ("--legacy",), 0,
+     "object group 1: verified objects 1, 2"),
+])
+def test_verify_as_singularity_users_expect(image, options, code, said):
+    from conftest import hpcrun_main
+
+    result, out, err = hpcrun_main("verify", *options, "--key", str(PGP_KEY),
+                                   str(SIF_IMAGES / image))
+    assert result == code, err
+    assert said in out + err

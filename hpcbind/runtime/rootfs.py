@@ -18,7 +18,7 @@ import signal
 import struct
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError
+from hpcbind.errors import HpcbindError, note
 from hpcbind.host.conventions import file_identity_key, user_cache_dir
 from hpcbind.image.source import ImageSource
 from hpcbind.runtime import linux
@@ -38,8 +38,9 @@ _FUSE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
 
 
 class RootfsOptions(namedtuple("RootfsOptions", "squashfuse kernel_squashfs extract_fallback "
-                                "cache_dir", defaults=("squashfuse_ll", True, True, ""))):
-    """kernel_squashfs: as root, use a loop device; cache_dir: for the extraction fallback."""
+                                "cache_dir level", defaults=("squashfuse_ll", True, True, "", 1))):
+    """kernel_squashfs: as root, use a loop device; cache_dir: for the extraction fallback;
+    level: how much to say (``errors.message_level``)."""
 
     __slots__ = ()
 
@@ -82,7 +83,7 @@ def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsO
     else:
         failures.append(f"{options.squashfuse} not found")
     if options.extract_fallback and _which("unsquashfs"):
-        rootfs = extract(image, image_fd, options.cache_dir)
+        rootfs = extract(image, image_fd, options.cache_dir, options.level)
         linux.mount(rootfs, target, None, linux.MS_BIND | linux.MS_REC)
         return "extracted"
     raise HpcbindError(f"can't mount {image.path} ({'; '.join(failures)})",
@@ -165,7 +166,7 @@ def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd
         os._exit(127)
 
 
-def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
+def extract(image: ImageSource, image_fd: int, cache_dir: str, level: int = 1) -> str:
     """The image unpacked under the cache, keyed by file identity; reused when present."""
     st = os.fstat(image_fd)
     base = cache_dir or os.path.join(user_cache_dir(), "rootfs")
@@ -185,19 +186,41 @@ def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
             return rootfs
         partial = f"{rootfs}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial]
-        if image.offset:
-            cmd += ["-o", str(image.offset)]
+        offset = ["-o", str(image.offset)] if image.offset else []
         parent = os.getpid()
-        result = subprocess.run(cmd + [f"/proc/self/fd/{image_fd}"], capture_output=True,
+        source = f"/proc/self/fd/{image_fd}"
+        devices = [] if os.getuid() == 0 else _device_nodes(offset, source, image_fd, parent)
+        cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial, *offset]
+        if devices:  # only root may create them (debootstrap images have /dev/zero, ...)
+            cmd += ["-exclude-file", f"{partial}.devices"]
+            with open(f"{partial}.devices", "w") as f:
+                f.write("".join(f"{d}\n" for d in devices))
+        result = subprocess.run(cmd + [source], capture_output=True,
                                 text=True, pass_fds=(image_fd,),
                                 preexec_fn=lambda: _die_with(parent))
+        if devices:
+            os.unlink(f"{partial}.devices")
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             raise HpcbindError(f"can't extract {image.path}: {result.stderr.strip()[-200:]}",
                                "install squashfuse and fuse3 to mount the image in place")
         os.rename(partial, rootfs)
+    if devices:
+        note(level, f"unpacking {image.path}: skipped {len(devices)} device node(s) (/"
+             f"{', /'.join(devices[:3])}{', ...' if len(devices) > 3 else ''}): only root "
+             "creates them; the container's /dev is the host's")
     return rootfs
+
+
+def _device_nodes(offset: list[str], source: str, image_fd: int, parent: int) -> list[str]:
+    """Paths (relative to the image's root) of its character and block devices."""
+    import subprocess
+
+    listing = subprocess.run(["unsquashfs", "-lls", *offset, source], capture_output=True,
+                             text=True, pass_fds=(image_fd,),
+                             preexec_fn=lambda: _die_with(parent)).stdout
+    return [line.split(" squashfs-root/", 1)[1] for line in listing.splitlines()
+            if line[:1] in ("c", "b") and " squashfs-root/" in line]
 
 
 def _die_with(parent: int) -> None:
