@@ -21,8 +21,12 @@ from hpcbind.image.source import locate
 from hpcbind.mpi import rankenv
 from hpcbind.runtime.container import enter
 
+TYPE_CHECKING = False  # typing itself costs a rank ~3 ms
+if TYPE_CHECKING:
+    from typing import NoReturn
 
-def run(options: RunOptions, config) -> "NoReturn":  # noqa: F821 (typing costs a rank ~3 ms)
+
+def run(options: RunOptions, config) -> "NoReturn":
     caller = _caller()
     if options.node_session:
         run_rank(options, config, caller)

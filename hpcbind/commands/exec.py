@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpcbind.commands import container_options
-from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
+parse_fast = container_options.parse_fast  # the CLI's fast path
 from hpcbind.errors import HpcbindError
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpcbind.commands import container_options
-from hpcbind.commands.container_options import parse_fast  # noqa: F401 (the CLI's fast path)
+parse_fast = container_options.parse_fast  # the CLI's fast path
 
 # SHELL names the shell that runs, as Apptainer sets it (programs start subshells with it)
 SHELL = ('if [ -x /bin/bash ]; then export SHELL=/bin/bash; exec /bin/bash --norc "$@"; fi; '
