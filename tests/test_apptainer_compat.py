@@ -254,3 +254,16 @@ def test_verify_as_singularity_users_expect(image, options, code, said):
                                    str(SIF_IMAGES / image))
     assert result == code, err
     assert said in out + err
+
+
+def test_apptainer_tmpdir_holds_temporary_files(tmp_path, monkeypatch):
+    """APPTAINER_TMPDIR (else SINGULARITY_TMPDIR) is where builds and pulls stage files."""
+    import tempfile
+
+    from conftest import hpcrun_main
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("SINGULARITY_TMPDIR", str(tmp_path / "singularity"))
+    monkeypatch.setenv("APPTAINER_TMPDIR", str(tmp_path))
+    assert hpcrun_main("config")[0] == 0
+    assert tempfile.gettempdir() == str(tmp_path)
