@@ -160,6 +160,9 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         binds += HOST_FILES
     else:
         log.append("/etc/hosts and /etc/resolv.conf: the image's (mount.hosts = no)")
+    if options.writable_tmpfs:
+        log.append(f"--writable-tmpfs: the root takes writes in the session tmpfs of "
+                   f"{config['session.size_mb']} MB (session.size_mb), as it always does here")
     binds += site_binds(config["bind.paths"])
     created = _scratch_binds(contain, config, workdir, log)
     if contain and not workdir and persistent:
