@@ -13,8 +13,9 @@ How each is mounted, in the caller's private mount namespace:
   CAP_SYS_ADMIN: it gets it, as an ambient capability of the user namespace, and nothing
   outside it). Writable, it is refused: the kernel's overlayfs will not take fuse2fs as an
   upper layer (its directory entries carry no file type: "upper fs needs to support
-  d_type"), and fuse-overlayfs, Apptainer's way round, loses its own files when the
-  container's pivot_root moves its root (tried: "Operation not supported" on every exec).
+  d_type"), and fuse-overlayfs 1.10 (Debian 12), Apptainer's way round, was tried over a
+  fuse2fs upper layer: the root mounted and took writes, but every execve through it
+  failed with "Operation not supported", even outside hpcrun.
 
 Locks: a writable layer is locked exclusively and a read-only one shared (``flock`` on the
 directory or file) for the container's life, so a second container writing the same
