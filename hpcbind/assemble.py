@@ -21,17 +21,19 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError
+from hpcbind.errors import NORMAL, HpcbindError
 from hpcbind.host.conventions import installed_helper
-from hpcbind.image.source import ImageSource
-from hpcbind.runtime.binds import OPTIONAL, Bind, parse_bind_specs
-from hpcbind.runtime.container import ContainerSpec, DeviceBind
+from hpcbind.image.source import ImageKind, ImageSource
+from hpcbind.runtime.binds import CREATE, OPTIONAL, Bind, parse_bind_specs
+from hpcbind.runtime.container import SCRATCH_DIRS, ContainerSpec, DeviceBind, Overlay
 from hpcbind.runtime.environment import (ContainerEnv, EnvEdit, container_env, own_values,
-                                         parse_env_assignments, read_env_file)
+                                         parse_env_assignments, read_env_file,
+                                         split_env_option)
 from hpcbind.runtime.rootfs import RootfsOptions
 
 RUNTIME = "runtime"  # provider of the entries every container gets
 USER = "user"  # provider of what the user's options asked for
+SITE = "site"  # provider of the site configuration's binds (bind.paths)
 
 # Binds every container gets (Apptainer's defaults). Each says why it is there.
 SYSTEM_BINDS = (
@@ -66,18 +68,70 @@ FAKEROOT_NOT_FOR_RANKS = ("--fakeroot is not for the ranks of a launcher: they s
 
 class RunOptions(namedtuple("RunOptions", (
         "image argv binds contain containall home no_home pwd cleanenv env env_files nv rocm "
-        "ib devices exec_hint verbose node_session gpu_bind mpi_host fakeroot"),
+        "ib devices exec_hint verbose node_session gpu_bind mpi_host fakeroot overlays writable "
+        "writable_tmpfs workdir scratch level"),
         defaults=((), False, False, "", False, "", False, (), (), False, False, False, (), "",
-                  False, "", "", False, False))):
+                  False, "", "", False, False, (), False, False, "", (), NORMAL))):
     """What the user asked of exec/run/shell. home: SRC[:DST]; devices: CDI names;
     node_session: the key shared by the ranks of one launch (one container per node);
-    fakeroot: root inside a user namespace of the caller's subordinate ids."""
+    fakeroot: root inside a user namespace of the caller's subordinate ids; overlays:
+    ``--overlay`` values (PATH[:ro]); scratch: container paths; level: how much to say
+    (``errors.message_level``)."""
 
     __slots__ = ()
 
     @property
     def wants_plan(self) -> bool:
         return bool(self.nv or self.rocm or self.ib or self.devices or self.mpi_host)
+
+
+# Apptainer's option variables: field -> the names after APPTAINER_ / SINGULARITY_. A flag
+# given wins over a variable, APPTAINER_ over SINGULARITY_; list options take the
+# variables' items before the flags' (Apptainer appends both; placed first, a flag's bind
+# onto the same destination hides the variable's).
+OPTION_VARIABLES = (
+    ("binds", ("BIND", "BINDPATH")), ("contain", ("CONTAIN",)),
+    ("containall", ("CONTAINALL",)), ("home", ("HOME",)), ("no_home", ("NO_HOME",)),
+    ("pwd", ("PWD", "TARGET_PWD")), ("cleanenv", ("CLEANENV",)), ("env_files", ("ENV_FILE",)),
+    ("nv", ("NV",)), ("rocm", ("ROCM",)), ("overlays", ("OVERLAY", "OVERLAYIMAGE")),
+    ("writable", ("WRITABLE",)), ("writable_tmpfs", ("WRITABLE_TMPFS",)),
+    ("workdir", ("WORKDIR",)), ("scratch", ("SCRATCH", "SCRATCHDIR")),
+)
+VARIABLE_PREFIXES = ("APPTAINER_", "SINGULARITY_")
+# Go's strconv.ParseBool, which Apptainer reads boolean variables with
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def with_option_variables(options: RunOptions, env: dict[str, str]) -> RunOptions:
+    """``options`` completed from Apptainer's option variables (``APPTAINER_BIND``, ...)."""
+    changes = {}
+    for field, names in OPTION_VARIABLES:
+        current = getattr(options, field)
+        found = [(n, v) for n, v in (_variable(env, name) for name in names) if v]
+        if not found:
+            continue
+        if isinstance(current, tuple):
+            items = tuple(i for _, v in found for i in v.split(",") if i.strip())
+            changes[field] = items + current
+        elif isinstance(current, bool):
+            changes[field] = current or _boolean(*found[0])
+        elif not current:
+            changes[field] = found[0][1]
+    return options._replace(**changes) if changes else options
+
+
+def _variable(env: dict[str, str], name: str) -> tuple[str, str]:
+    for prefix in VARIABLE_PREFIXES:
+        if env.get(prefix + name, "").strip():
+            return prefix + name, env[prefix + name]
+    return "", ""
+
+
+def _boolean(name: str, value: str) -> bool:
+    if value.strip() in _TRUE | _FALSE:
+        return value.strip() in _TRUE
+    raise HpcbindError(f"bad value {value!r} in {name}", f"set {name}=1 or {name}=0, or unset it")
 
 
 class Caller(namedtuple("Caller", "env cwd home subids", defaults=(None,))):
@@ -97,11 +151,17 @@ class Assembly(namedtuple("Assembly", "spec log checks")):
 
 
 def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Caller) -> Assembly:
-    """The whole container: system binds, home, cwd, /tmp, user binds, then the plan."""
+    """The whole container: system binds, site binds, /tmp, home, cwd, user binds, then the
+    plan."""
     log: list[str] = []
     contain = contained(options, config)
     dev_minimal = contain or config["mount.dev"] == "minimal"
     home_src, home_dst = _home(options, caller)
+    workdir = _workdir(options, caller.cwd)
+    overlays = parse_overlays(options.overlays, caller.cwd)
+    persistent = _persistent_root(options, image, overlays)
+    scratch = [_container_dir(p, "--scratch") for item in options.scratch
+               for p in item.split(",") if p.strip()]
 
     binds, devices, links = _dev_entries(dev_minimal)
     binds[:0] = SYSTEM_BINDS
@@ -109,8 +169,21 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         binds += HOST_FILES
     else:
         log.append("/etc/hosts and /etc/resolv.conf: the image's (mount.hosts = no)")
-    binds += _scratch_binds(contain, config, log)
-    binds += _home_binds(options, config, contain, home_src, home_dst, log)
+    if options.writable_tmpfs:
+        log.append(f"--writable-tmpfs: the root takes writes in the session tmpfs of "
+                   f"{config['session.size_mb']} MB (session.size_mb), as it always does here")
+    binds += site_binds(config["bind.paths"])
+    created = _scratch_binds(contain, config, workdir, log)
+    if contain and not workdir and persistent:
+        # the image's own /tmp would be kept in the persistent layer: private ones instead
+        scratch = [*SCRATCH_DIRS, *scratch]
+        log.append(f"/tmp and /var/tmp: empty and private, not kept in {persistent}")
+    created += _home_binds(options, config, contain, home_src, home_dst, workdir, log)
+    created += [Bind(os.path.join(workdir, "scratch", d.lstrip("/")), d, need=CREATE,
+                     provider=USER, reason="--scratch in --workdir") for d in scratch if workdir]
+    scratch = [] if workdir else scratch
+    enforce_bind_policy([b for b in created if b.need == CREATE], config)
+    binds += created
     binds += _cwd_binds(caller.cwd, contain, binds, log)
     user_binds = parse_bind_specs(list(options.binds), caller.cwd)
     enforce_bind_policy(user_binds, config)
@@ -140,11 +213,17 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         session_size_mb=config["session.size_mb"],
         rootfs=RootfsOptions(squashfuse=_squashfs_server(config),
                              kernel_squashfs=config["image.kernel_squashfs"],
-                             extract_fallback=config["image.extract_fallback"]),
+                             extract_fallback=config["image.extract_fallback"],
+                             level=options.level),
         new_ipc=options.containall,
         exec_hint=options.exec_hint,
         verbose=options.verbose,
         id_map=_user_namespace(options, caller, log),
+        cwd_required=bool(options.pwd),
+        overlays=tuple(overlays),
+        writable=options.writable,
+        scratch=tuple(scratch),
+        level=options.level,
     )
     return Assembly(spec, tuple(log), tuple(checks))
 
@@ -191,7 +270,8 @@ def rank_spec(options: RunOptions, config, caller: Caller, shared: dict, where,
     env = ContainerEnv(base.base, edits, own_values(edits, caller.env))
     return ContainerSpec(image=image, argv=options.argv, env=env,
                          cwd=initial_dir(options, config, caller.cwd, home), home=home,
-                         exec_hint=options.exec_hint, verbose=options.verbose)
+                         exec_hint=options.exec_hint, verbose=options.verbose,
+                         cwd_required=bool(options.pwd), level=options.level)
 
 
 def rank_binding(options: RunOptions, devices, where, rank_numa,
@@ -216,13 +296,15 @@ def contained(options: RunOptions, config) -> bool:
 
 
 def initial_dir(options: RunOptions, config, cwd: str, home: str) -> str:
-    return options.pwd or (home if contained(options, config) else cwd)
+    if options.pwd:
+        return _container_dir(options.pwd, "--pwd")
+    return home if contained(options, config) else cwd
 
 
 def user_assignments(options: RunOptions) -> list[tuple[str, str]]:
     """--env and --env-file, read on the host (a node's holder answers from inside)."""
     user_env = [pair for item in options.env
-                for pair in parse_env_assignments(item.split(","), "--env")]
+                for pair in parse_env_assignments(split_env_option(item), "--env")]
     for path in options.env_files:
         user_env += read_env_file(path)
     return user_env
@@ -261,7 +343,26 @@ def _dev_entries(minimal: bool) -> tuple[list[Bind], list[DeviceBind], list[tupl
     return binds, devices, list(MINIMAL_DEV_LINKS)
 
 
-def _scratch_binds(contain: bool, config, log: list[str]) -> list[Bind]:
+def site_binds(paths: list[str]) -> list[Bind]:
+    """``bind.paths``: the site's ``SRC[:DST]`` for every container (Apptainer's ``bind
+    path``); a source this node lacks is skipped (``-v`` says so), as a site lists /scratch,
+    /lustre or /gpfs once for nodes that may not all have them."""
+    binds = []
+    for entry in paths:
+        source, _, destination = entry.partition(":")
+        binds.append(Bind(os.path.normpath(source), _container_dir(destination or source,
+                                                                  "bind.paths"),
+                          need=OPTIONAL, provider=SITE, reason="bind.paths"))
+    return binds
+
+
+def _scratch_binds(contain: bool, config, workdir: str, log: list[str]) -> list[Bind]:
+    if contain and workdir:
+        log.append(f"/tmp and /var/tmp: in --workdir {workdir} (--contain)")
+        return [Bind(os.path.join(workdir, "tmp"), "/tmp", need=CREATE, provider=USER,
+                     reason="--workdir, contained /tmp"),
+                Bind(os.path.join(workdir, "var_tmp"), "/var/tmp", need=CREATE, provider=USER,
+                     reason="--workdir, contained /var/tmp")]
     if contain or not config["mount.tmp"]:
         why = "--contain" if contain else "mount.tmp = no"
         log.append(f"/tmp and /var/tmp: the image's, private and writable ({why})")
@@ -272,7 +373,10 @@ def _scratch_binds(contain: bool, config, log: list[str]) -> list[Bind]:
 
 
 def _home_binds(options: RunOptions, config, contain: bool, src: str, dst: str,
-                log: list[str]) -> list[Bind]:
+                workdir: str, log: list[str]) -> list[Bind]:
+    if contain and workdir and not options.home and not options.no_home:
+        return [Bind(os.path.join(workdir, "home"), dst, need=CREATE, provider=USER,
+                     reason="--workdir, contained home")]
     why = ("--no-home" if options.no_home else "mount.home = no" if not config["mount.home"]
            else "--contain without --home" if contain and not options.home
            else "no home directory" if not src else "")
@@ -345,9 +449,60 @@ def _home(options: RunOptions, caller: Caller) -> tuple[str, str]:
     """(host source, container path) of the home directory."""
     if options.home:
         src, _, dst = options.home.partition(":")
+        if not src:
+            raise HpcbindError(f"--home {options.home!r} names no host directory",
+                               "use --home SRC[:DST]")
         src = os.path.normpath(os.path.join(caller.cwd, src))
-        return src, dst or src
+        return src, _container_dir(dst, "--home") if dst else src
     return caller.home, caller.home
+
+
+def _container_dir(path: str, option: str) -> str:
+    """A directory inside the container, as an option names it: absolute, canonical."""
+    if not path.startswith("/"):
+        raise HpcbindError(f"{option} {path!r}: not an absolute path in the container",
+                           f"give {option} an absolute path (for example /data)")
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def _workdir(options: RunOptions, cwd: str) -> str:
+    if not options.workdir:
+        return ""
+    workdir = os.path.normpath(os.path.join(cwd, options.workdir))
+    if not os.path.isdir(workdir):
+        raise HpcbindError(f"--workdir {options.workdir}: no such directory",
+                           "create it first, or give an existing directory")
+    return workdir
+
+
+def parse_overlays(values, cwd: str) -> list[Overlay]:
+    """``--overlay PATH[:ro]`` values, in the order given (each above the previous): at most
+    one writable, as overlayfs has one upper layer and Apptainer allows one."""
+    overlays = []
+    for value in values:
+        path, _, mode = value.partition(":")
+        if not path or mode not in ("", "ro", "rw"):
+            raise HpcbindError(f"bad --overlay {value!r}", "use --overlay PATH[:ro]")
+        overlays.append(Overlay(os.path.normpath(os.path.join(cwd, path)), mode == "ro"))
+    writable = [o.path for o in overlays if not o.read_only]
+    if len(writable) > 1:
+        raise HpcbindError(f"more than one writable --overlay ({', '.join(writable)})",
+                           "make all but one read-only: --overlay PATH:ro")
+    return overlays
+
+
+def _persistent_root(options: RunOptions, image: ImageSource, overlays) -> str:
+    """What keeps the root's writes, when something does: "" for the session tmpfs."""
+    if options.writable and image.kind != ImageKind.DIRECTORY:
+        raise HpcbindError(f"--writable needs a sandbox directory; {image.path} is a "
+                           f"{image.kind} image",
+                           "use --overlay DIR or IMG for writes that persist, or "
+                           "--writable-tmpfs for writes that do not")
+    if options.writable and overlays:
+        raise HpcbindError("--writable and --overlay together",
+                           "give one: --writable writes into the sandbox itself")
+    upper = next((o.path for o in overlays if not o.read_only), "")
+    return upper or (image.path if options.writable else "")
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "docker-archive:) into a SIF file"),
     "cache": ("hpcbind.commands.cache", "list or clean the cache of pulled layers and images"),
     "sif": ("hpcbind.commands.sif", "read and edit SIF files (header, list, info, dump, new, add, del, setprim)"),
+    "overlay": ("hpcbind.commands.overlay", "create an ext3 overlay image for --overlay"),
     "sign": ("hpcbind.commands.sign", "sign a SIF image (PGP or DSSE)"),
     "verify": ("hpcbind.commands.verify", "verify a SIF image's signatures"),
     "config": ("hpcbind.commands.config", "show the effective site configuration"),
@@ -37,17 +38,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Apptainer's global flags, given before the command: -> the attribute they set.
+GLOBAL_FLAGS = {"-d": "debug", "--debug": "debug", "-v": "verbose", "--verbose": "verbose",
+                "-q": "quiet", "--quiet": "quiet", "-s": "silent", "--silent": "silent"}
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return ("usage: hpcrun COMMAND [ARGS...]\n"
+    return ("usage: hpcrun [-d|-v|-q|-s] COMMAND [ARGS...]\n"
             "       hpcrun [FLAGS] mpirun|mpiexec|srun [LAUNCHER ARGS] IMAGE COMMAND [ARGS...]\n"
             "\ncommands:\n" + "\n".join(lines) + "\n"
-            "\nFLAGS are those of 'hpcrun exec' (--nv, --ib, --bind, ...); each rank joins one "
+            "\nglobal flags: -d/--debug (tracebacks too), -v/--verbose, -q/--quiet (warnings and "
+            "errors only), -s/--silent (errors only)\n"
+            "FLAGS are those of 'hpcrun exec' (--nv, --ib, --bind, ...); each rank joins one "
             "container per node.\n")
 
 
+def split_global_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the global flags before the command, the rest)."""
+    count = next((i for i, arg in enumerate(argv) if arg not in GLOBAL_FLAGS), len(argv))
+    return argv[:count], argv[count:]
+
+
 def parse(argv: list[str]):
+    global_flags, argv = split_global_flags(argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
         raise SystemExit(0)
@@ -57,14 +72,22 @@ def parse(argv: list[str]):
         print(f"hpcrun {__version__}")
         raise SystemExit(0)
     name = argv[0]
-    if sys.flags.no_site and name not in HOT_COMMANDS:
-        import site  # the launcher skipped it (python -S); these commands need rich, etc.
+    if name not in HOT_COMMANDS:
+        if sys.flags.no_site:
+            import site  # the launcher skipped it (python -S); these commands need rich, etc.
 
-        site.main()
+            site.main()
+        import tempfile
+
+        from hpcbind.host.conventions import temp_dir
+
+        tempfile.tempdir = temp_dir()  # APPTAINER_TMPDIR for builds and pulls
     if name not in COMMANDS:
         from hpcbind.commands import launcher  # hpcrun [FLAGS] mpirun|mpiexec|srun ...
 
-        args = launcher.parse(argv)
+        # exec's options include the global flags (Apptainer's are persistent flags, valid
+        # after the command too), so they reach every rank with the other FLAGS
+        args = launcher.parse(global_flags + argv)
         if args is not None:
             return args
         from hpcbind.errors import HpcbindError
@@ -74,13 +97,19 @@ def parse(argv: list[str]):
                            "(mpirun, mpiexec, srun) after hpcrun's flags")
     module = importlib.import_module(COMMANDS[name][0])
     fast = getattr(module, "parse_fast", None)
-    args = fast(argv[1:]) if fast else None
+    args = fast(global_flags + argv[1:]) if fast else None
     if args is not None:
         args.command_run = module.run
         return args
     parser = _parser(name)
     module.configure(parser)
-    args = parser.parse_args(argv[1:])
+    if name in HOT_COMMANDS:  # their option table has the global flags
+        args = parser.parse_args(global_flags + argv[1:])
+    else:
+        # parsed apart: 'hpcrun -s build' is silent, 'hpcrun build -s' a sandbox
+        args = parser.parse_args(argv[1:])
+        for flag in global_flags:
+            setattr(args, GLOBAL_FLAGS[flag], True)
     args.command_run = module.run
     return args
 
@@ -102,10 +131,17 @@ def _parser(name: str):
 def main(argv: list[str] | None = None) -> int:
     from hpcbind.errors import HpcbindError
 
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "debug" in (GLOBAL_FLAGS[f] for f in split_global_flags(argv)[0])
     try:
-        args = parse(sys.argv[1:] if argv is None else argv)
+        args = parse(argv)
+        debug = bool(getattr(args, "debug", debug))
+        if debug:  # now: inside the container the host's Python library is out of reach
+            import traceback
         return args.command_run(args)
     except HpcbindError as err:
+        if debug:  # a traceback for a bug report, as asked
+            traceback.print_exc()
         print(f"hpcrun: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

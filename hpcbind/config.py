@@ -26,6 +26,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bind.allow", [], "host path prefixes users may bind from; empty allows any path "
             "the user can read"),
     Setting("bind.deny", [], "host path prefixes users may never bind from (wins over allow)"),
+    Setting("bind.paths", [], "SRC[:DST] bound into every container (Apptainer's 'bind path'): "
+            "/scratch, /lustre, module trees; a source missing on a node is skipped"),
     Setting("mount.dev", "yes", "the container's /dev: 'yes' binds the host's /dev, 'minimal' "
             "only null, zero, random, urandom, tty, shm, pts and the plan's devices",
             ("yes", "minimal")),
@@ -116,6 +118,10 @@ def _validate(setting: Setting, value, path: str) -> None:
             and not all(isinstance(v, str) and v.startswith("/") for v in value)):
         raise HpcbindError(f"setting {setting.key} in {path} must list absolute paths",
                            "fix the file")
+    if setting.key == "bind.paths" and not all(
+            v.partition(":")[2] in ("",) or v.partition(":")[2].startswith("/") for v in value):
+        raise HpcbindError(f"setting bind.paths in {path} must list SRC[:DST] with absolute "
+                           "paths", "fix the file")
 
 
 def render(config: Config) -> str:

@@ -32,6 +32,7 @@ def run(options: RunOptions, config) -> NoReturn:
     caller = _caller(options.fakeroot)
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
     _show_log(assembly, options)
+    _warn_checks(assembly, options)
     spec = assembly.spec
     if options.gpu_bind and plan is not None:  # a rank started without a node session
         log: list[str] = []
@@ -85,6 +86,7 @@ def _node_container(options: RunOptions, config, caller: Caller):
     """The holder's work, once per node: the spec it prepares, and what it tells each rank."""
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
     _show_log(assembly, options)
+    _warn_checks(assembly, options)
     shared = node_share(assembly, _gpus_and_hcas(plan) if plan else None)
     # read on the host: the holder answers ranks from inside the container
     shared["cpulists"] = _numa_cpulists() if options.gpu_bind else {}
@@ -158,6 +160,16 @@ def _caller(fakeroot: bool = False) -> Caller:
 def _show_log(assembly: Assembly, options: RunOptions) -> None:
     if options.verbose:
         os.write(2, "".join(f"hpcrun: {line}\n" for line in assembly.log).encode())
+
+
+def _warn_checks(assembly: Assembly, options: RunOptions) -> None:
+    """The plan's warnings (--nv on a node without a GPU, ...), one line each, as Apptainer
+    warns and runs; once per node under a launcher."""
+    from hpcbind.errors import warn
+
+    for status, name, message, _ in assembly.checks:
+        if status == "warn":
+            warn(options.level, f"{name}: {message}")
 
 
 def _rank_numa(pid: int, cpulists: dict) -> set[int]:

@@ -31,6 +31,7 @@ class Section:
     # fields too bulky for the table that still count in a diff: every field of an entry is
     # in its table row or here, so two plans whose digests differ never diff empty
     extra: tuple[tuple[str, Callable[[Any], str]], ...] = ()
+    lead: int = 1  # columns that head an entry's block when the section is stacked
 
 
 def _numbers(d: Device) -> str:
@@ -67,7 +68,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("Checks", "checks", (
         ("status", lambda c: str(c.status)), ("name", lambda c: c.name), ("message", lambda c: c.message),
         ("provider", lambda c: c.provider), ("fix", lambda c: c.fix),
-    ), lambda c: (c.provider, c.name)),
+    ), lambda c: (c.provider, c.name), lead=2),
     Section("Rejected", "rejected", (
         ("candidate", lambda r: r.candidate), ("reason", lambda r: r.reason), ("provider", lambda r: r.provider),
     ), lambda r: (r.provider, r.candidate), extra=(("withdraws", lambda r: "withdraws" if r.withdraws else ""),)),
@@ -114,14 +115,47 @@ def _table(plan: BindPlan, section: Section, rows: list[list[str]], width: int) 
     # A path cut in two is easily misread: keep the other columns whole and let the prose wrap,
     # unless the console is too narrow even for that; then every column folds.
     whole = [w for w, (header, _) in zip(_widths(section, rows), section.columns) if header not in PROSE_COLUMNS]
-    keep_whole = sum(whole) + PROSE_MIN_WIDTH <= width
+    prose = len(section.columns) - len(whole)
+    if sum(whole) + PROSE_MIN_WIDTH * prose > width:
+        return _stacked(section, entries, rows, width)
     table = Table(title=f"{section.title} ({len(entries)})", title_justify="left", box=box.SIMPLE_HEAD,
                   title_style="bold", header_style="bold", pad_edge=False)
     for header, _ in section.columns:
-        table.add_column(header, overflow="fold", no_wrap=keep_whole and header not in PROSE_COLUMNS)
+        table.add_column(header, overflow="fold", no_wrap=header not in PROSE_COLUMNS)
     for entry, row in zip(entries, rows):
         table.add_row(*(_cell(section, header, value, entry) for (header, _), value in zip(section.columns, row)))
     return table
+
+
+def _stacked(section: Section, entries, rows: list[list[str]], width: int) -> Text:
+    """A section too wide for the console as one block per entry: its first column, then
+    ``header: value`` lines. Paths stay whole (a folded path is easily misread, and grep
+    misses it); only the prose wraps, under its header."""
+    import textwrap
+
+    lead = section.lead
+    label = max(len(header) for header, _ in section.columns[lead:]) + 2
+    out = Text(f"{section.title} ({len(entries)})\n", style="bold")
+    for entry, row in zip(entries, rows):
+        out.append("  ")
+        for (header, _), value in zip(section.columns[:lead], row[:lead]):
+            out.append(_cell(section, header, value, entry))
+            out.append("  ")
+        out.rstrip()
+        out.append("\n")
+        for (header, _), value in zip(section.columns[lead:], row[lead:]):
+            if not value:
+                continue
+            head = f"    {header + ':':<{label}}"
+            if header in PROSE_COLUMNS:
+                value = textwrap.fill(value, max(width - len(head), PROSE_MIN_WIDTH),
+                                      subsequent_indent=" " * len(head),
+                                      break_long_words=False, break_on_hyphens=False)
+            out.append(head)
+            out.append(_cell(section, header, value, entry))
+            out.append("\n")
+    out.rstrip()
+    return out
 
 
 def summary(plan: BindPlan) -> str:
@@ -134,8 +168,9 @@ def summary(plan: BindPlan) -> str:
 def render_table(plan: BindPlan, *, color: bool = False, width: int | None = None) -> str:
     """The plan as section tables, then a one-line summary.
 
-    ``width`` is the terminal's; without one (a pipe, a log, a CI job) each table is as wide
-    as its widest row, so no line wraps and grep finds every path whole.
+    ``width`` is the console's ($COLUMNS, the terminal's); a section whose paths and names do
+    not fit in it is stacked, one block per entry, so 80 columns stay readable. Without one
+    each table is as wide as its widest row, so no line wraps and grep finds every path whole.
     """
     rows = {section.attr: _rows(plan, section) for section in SECTIONS}
     width = width or max((sum(_widths(s, rows[s.attr])) for s in SECTIONS if rows[s.attr]), default=80)

@@ -74,8 +74,8 @@ def test_live_machine_without_gpu_or_rdma_exits_0_and_says_so():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert re.search(r"warn +nvidia-driver +no NVIDIA driver found", done.stdout)
-    assert re.search(r"warn +rdma-devices +no RDMA device found", done.stdout)
+    assert re.search(r"warn +nvidia-driver\n +message: +no NVIDIA driver found", done.stdout)
+    assert re.search(r"warn +rdma-devices\n +message: +no RDMA device found", done.stdout)
     assert re.match(r"0 mounts, 0 devices, 0 env, 0 links; checks: 0 ok, 2 warn, 0 fail; 0 rejected; "
                     r"digest sha256:[0-9a-f]{64}$", done.stdout.splitlines()[-1])
 
@@ -128,7 +128,8 @@ def test_cli_json_is_the_in_process_plan(node: Path):
     assert json.loads(plan.to_json()) == document
 
 
-def test_table_is_the_default(node: Path):
+def test_table_is_the_default(node: Path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # a console wide enough for every row
     code, out, _ = hpcrun_main("plan", "--nv", "--ib", "--sysroot", str(node))
     plan = make_plan(Request(nv=True, ib=True), HostRoot(node), {})
     assert code == 0
@@ -139,6 +140,22 @@ def test_table_is_the_default(node: Path):
         assert f"{device.type} {device.major}:{device.minor}" in row
         assert device.provider in row.split() and device.rule in row.split()
     assert "\x1b[" not in out  # not a TTY: no colour
+
+
+def test_piped_table_fits_80_columns(node: Path, monkeypatch):
+    """Piped with no $COLUMNS: 80 columns, sections too wide for them stacked one block per
+    entry with every path whole (it was one 750-character line per row)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    code, out, _ = hpcrun_main("plan", "--nv", "--ib", "--sysroot", str(node))
+    plan = make_plan(Request(nv=True, ib=True), HostRoot(node), {})
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == summary(plan)
+    assert max(map(len, lines[:-1])) <= 80, max(lines[:-1], key=len)
+    for device in plan.devices:
+        block = lines.index(f"  {device.path}")
+        assert lines[block + 1].split() == ["device:", device.type, f"{device.major}:{device.minor}"]
+    for mount in plan.mounts:
+        assert f"    source:   {mount.source}" in lines
 
 
 def test_explain(node: Path):

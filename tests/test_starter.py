@@ -127,7 +127,7 @@ conn.recv(1 << 20)
 if answer == "cut":      # promises 100 bytes, sends 4, dies
     conn.sendall(struct.pack("=I", 100) + b"exec")
 elif answer == "fields":  # a whole message whose argc points past the end, no namespaces
-    body = b"exec\\0\\0/\\0/\\0a\\0b\\0" + b"99\\0true\\0"
+    body = b"exec\\0\\0/\\0/\\0\\0\\0a\\0b\\0" + b"99\\0true\\0"
     conn.sendall(struct.pack("=I", len(body)) + body)
 elif answer == "huge":
     conn.sendall(struct.pack("=I", 1 << 30))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from hpcbind.assemble import RunOptions
+from hpcbind.assemble import RunOptions, with_option_variables
+from hpcbind.errors import VERBOSE, message_level
 
 # kind: "flag" (store_true), "value" (last wins), "list" (append)
 Option = namedtuple("Option", "flags dest kind metavar help")
@@ -42,8 +43,22 @@ OPTIONS = (
     Option(("--gpu-bind",), "gpu_bind", "value", "closest|none|map:I,J,...",
            "under a launcher, give each local rank its own GPU (and the HCA nearest it): "
            "closest by NUMA locality, or a map of local rank -> GPU"),
+    Option(("-o", "--overlay"), "overlay", "list", "PATH[:ro]",
+           "a directory or ext3 image (hpcrun overlay create) over the image; the root's "
+           "writes persist in the writable one; read-only ones (:ro) below it"),
+    Option(("--writable-tmpfs",), "writable_tmpfs", "flag", None,
+           "writes to the root go to a private tmpfs of session.size_mb (always so in hpcrun)"),
+    Option(("-w", "--writable"), "writable", "flag", None,
+           "a sandbox directory is the root itself, read-write"),
+    Option(("-W", "--workdir"), "workdir", "value", "DIR",
+           "host directory for --scratch and, with --contain, /tmp, /var/tmp and home"),
+    Option(("-S", "--scratch"), "scratch", "list", "PATH",
+           "an empty private directory at PATH in the container (in --workdir if given)"),
     Option(("-v", "--verbose"), "verbose", "flag", None,
            "say what is mounted and why, and what was skipped or changed"),
+    Option(("-d", "--debug"), "debug", "flag", None, "as -v, and a traceback with errors"),
+    Option(("-q", "--quiet"), "quiet", "flag", None, "only warnings and errors"),
+    Option(("-s", "--silent"), "silent", "flag", None, "only errors"),
     Option(("--dry-run",), "dry_run", "flag", None,
            "show the whole container (every mount with its provider and reason, devices, "
            "environment, directory, command, the apply log); mount and run nothing"),
@@ -123,14 +138,22 @@ def _mpi_host(value: str) -> bool:
 
 
 def run_options(args, argv: tuple[str, ...], exec_hint: str = "") -> RunOptions:
-    return RunOptions(
+    """The options as given, completed by Apptainer's option variables (APPTAINER_BIND...)."""
+    import os
+
+    level = message_level(args.debug, args.verbose, args.quiet, args.silent)
+    given = RunOptions(
         image=args.image, argv=argv, binds=tuple(args.bind), contain=args.contain,
         containall=args.containall, home=args.home, no_home=args.no_home, pwd=args.pwd,
         cleanenv=args.cleanenv, env=tuple(args.env), env_files=tuple(args.env_file),
         nv=args.nv, rocm=args.rocm, ib=args.ib, devices=tuple(args.device),
-        exec_hint=exec_hint, verbose=args.verbose, node_session=args.node_session,
+        exec_hint=exec_hint, verbose=level >= VERBOSE, node_session=args.node_session,
         gpu_bind=args.gpu_bind, mpi_host=_mpi_host(args.mpi), fakeroot=args.fakeroot,
+        overlays=tuple(args.overlay), writable=args.writable,
+        writable_tmpfs=args.writable_tmpfs, workdir=args.workdir, scratch=tuple(args.scratch),
+        level=level,
     )
+    return with_option_variables(given, os.environ)
 
 
 def start(args, options: RunOptions) -> int:

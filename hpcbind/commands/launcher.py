@@ -134,10 +134,11 @@ def _preflight(args, line, image) -> None:
     from hpcbind.image import contents
 
     facts = contents.located_image_facts(image)
-    mpi_host = container_options.run_options(args, ()).mpi_host
-    if args.nv or args.rocm or args.ib or args.device or mpi_host:
-        plan = make_plan(Request(nv=args.nv, rocm=args.rocm, ib=args.ib,
-                                 devices=tuple(args.device), mpi_host=mpi_host),
+    options = container_options.run_options(args, ())  # APPTAINER_NV=1 asks as --nv does
+    mpi_host = options.mpi_host
+    if options.wants_plan:
+        plan = make_plan(Request(nv=options.nv, rocm=options.rocm, ib=options.ib,
+                                 devices=options.devices, mpi_host=mpi_host),
                          image=Path(image.path))
         if plan.failed:
             check = plan.failed[0]

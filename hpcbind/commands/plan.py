@@ -75,10 +75,11 @@ def _render(args: argparse.Namespace, plan: BindPlan) -> str:
         return json.dumps(to_cdi(plan), indent=2) + "\n"
     if args.explain:
         return planview.explain(plan)
+    # $COLUMNS, else the terminal's width, else 80: piped output no wider than a terminal
+    width = shutil.get_terminal_size().columns
     if not sys.stdout.isatty():
-        return planview.render_table(plan)
-    return planview.render_table(plan, color="NO_COLOR" not in os.environ,
-                                 width=shutil.get_terminal_size().columns)
+        return planview.render_table(plan, width=width)
+    return planview.render_table(plan, color="NO_COLOR" not in os.environ, width=width)
 
 
 def run(args: argparse.Namespace) -> int:

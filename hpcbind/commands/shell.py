@@ -6,7 +6,9 @@ from hpcbind.commands import container_options
 
 parse_fast = container_options.parse_fast  # the CLI's fast path looks for it here
 
-SHELL = 'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi; exec /bin/sh "$@"'
+# SHELL names the shell that runs, as Apptainer sets it (programs start subshells with it)
+SHELL = ('if [ -x /bin/bash ]; then export SHELL=/bin/bash; exec /bin/bash --norc "$@"; fi; '
+         'export SHELL=/bin/sh; exec /bin/sh "$@"')
 
 
 def configure(parser) -> None:

@@ -34,13 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("info", "show one data object's descriptor"),
         ("dump", "write one data object's contents to standard output"),
         ("setprim", "make a system partition the primary one"),
+        ("del", "delete a data object"),
     ):
-        sub = commands.add_parser(action, help=help_)
-        sub.add_argument("image", metavar="IMAGE", type=Path)
-        sub.add_argument("id", metavar="ID", type=int)
-    delete = commands.add_parser("del", help="delete a data object")
-    delete.add_argument("image", metavar="IMAGE", type=Path)
-    delete.add_argument("id", metavar="ID", type=int)
+        # siftool's order is ID IMAGE; IMAGE ID, this command's first order, still works
+        sub = commands.add_parser(action, help=help_, usage=f"hpcrun sif {action} ID IMAGE")
+        sub.add_argument("first", metavar="ID", help="the object's ID (siftool's order)")
+        sub.add_argument("second", metavar="IMAGE")
+        if action == "del":
+            delete = sub
     delete.add_argument("--zero", action="store_true", help="overwrite the object's data with zeros")
     delete.add_argument("--compact", action="store_true", help="drop unused space at the end of the file")
     _configure_add(commands.add_parser("add", help="add a data object from a file"))
@@ -70,7 +71,19 @@ def _configure_add(add: argparse.ArgumentParser) -> None:
     add.add_argument("--filename", default="", help="the object's name")
 
 
+def id_and_image(first: str, second: str) -> tuple[int, Path]:
+    """(ID, IMAGE) from siftool's ``ID IMAGE`` or the older ``IMAGE ID``: the one that is a
+    number and not an existing file is the ID."""
+    for number, image in ((first, second), (second, first)):
+        if number.isdigit() and not Path(number).exists():
+            return int(number), Path(image)
+    raise HpcbindError(f"no object ID among {first!r} and {second!r}",
+                       "give the object's number and the image: hpcrun sif info ID IMAGE")
+
+
 def run(args: argparse.Namespace) -> int:
+    if hasattr(args, "first"):
+        args.id, args.image = id_and_image(args.first, args.second)
     if args.action in ("header", "list", "info", "dump"):
         with sif.SifImage.open(args.image) as image:
             if args.action == "dump":

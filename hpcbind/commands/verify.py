@@ -18,8 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", action="append", default=[], metavar="FILE",
                         help="PGP keyring (armored or binary, several keys allowed) or PEM "
                         "public/private key; repeat for more")
-    parser.add_argument("--legacy", action="store_true",
-                        help="check legacy (Singularity <= 3.5) signatures instead")
+    parser.add_argument("--legacy", "--legacy-insecure", action="store_true",
+                        help="check legacy (Singularity <= 3.5) signatures instead: the "
+                        "primary partition's own, unless --group or --id says")
     parser.add_argument("--legacy-all", action="store_true",
                         help="check the legacy signature of every object in a group")
     parser.add_argument("--group", type=int, metavar="N", help="verify only object group N")
@@ -31,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.key:
         raise HpcbindError("no key to verify with", "give --key FILE: the signer's PGP public key "
                            "or PEM public key")
-    results = integrity.verify(args.image, integrity.load_keyring(args.key), legacy=args.legacy,
-                               legacy_all=args.legacy_all, group=args.group, object_id=args.object_id)
+    results = integrity.verify_as_asked(
+        args.image, integrity.load_keyring(args.key), legacy=args.legacy,
+        legacy_all=args.legacy_all, group=args.group, object_id=args.object_id)
     for result in results:
         print(result, file=sys.stdout if result.ok else sys.stderr)
     return 0 if all(r.ok for r in results) else EXIT_USER_ERROR

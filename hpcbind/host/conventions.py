@@ -12,6 +12,10 @@ from itertools import groupby
 # Apptainer also sets in containers)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CACHE_ENV = "HPCRUN_CACHEDIR"
+# Apptainer's variables for the same places, honoured so job scripts and site modules that
+# point them at scratch space keep working (APPTAINER_ before SINGULARITY_, as Apptainer)
+APPTAINER_CACHE_ENVS = ("APPTAINER_CACHEDIR", "SINGULARITY_CACHEDIR")
+APPTAINER_TMPDIR_ENVS = ("APPTAINER_TMPDIR", "SINGULARITY_TMPDIR")
 
 
 def installed_helper(name: str) -> str | None:
@@ -22,10 +26,21 @@ def installed_helper(name: str) -> str | None:
 
 
 def user_cache_dir() -> str:
-    """hpcbind's cache for this user: ``$HPCRUN_CACHEDIR``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/hpcbind`` (pulled images, unpacked roots, image facts)."""
-    return os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcbind")
+    """hpcbind's cache for this user: ``$HPCRUN_CACHEDIR``, else ``hpcbind`` in
+    ``$APPTAINER_CACHEDIR`` (its own directory: 'hpcrun cache clean' leaves Apptainer's
+    files alone), else ``${XDG_CACHE_HOME:-~/.cache}/hpcbind`` (pulled images, unpacked
+    roots, image facts)."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    apptainer = next((os.environ[v] for v in APPTAINER_CACHE_ENVS if os.environ.get(v)), "")
+    return os.path.join(apptainer or os.environ.get("XDG_CACHE_HOME")
+                        or os.path.expanduser("~/.cache"), "hpcbind")
+
+
+def temp_dir() -> str | None:
+    """Where builds and pulls put temporary files when Apptainer's variable says (else
+    ``$TMPDIR``, Python's default)."""
+    return next((os.environ[v] for v in APPTAINER_TMPDIR_ENVS if os.environ.get(v)), None)
 
 
 def file_identity_key(st: os.stat_result, offset: int = 0) -> str:

@@ -578,6 +578,28 @@ def verify(
         return [result for task in tasks for result in _run(image, task, keyring)]
 
 
+def verify_as_asked(image_path: PathArg, keyring: Keyring, *, legacy: bool = False,
+                    legacy_all: bool = False, group: int | None = None,
+                    object_id: int | None = None) -> list[VerifyResult]:
+    """``verify`` as the ``verify`` command of SingularityCE asks for it: an image with no
+    signature at all is refused as unsigned (not reported group by group), and ``legacy``
+    with neither group nor object checks the primary system partition's own signature,
+    which is what Singularity <= 3.5 signed (``singularity verify --legacy-insecure``); an
+    image whose legacy signature is its group's keeps the group check."""
+    with SifImage.open(image_path) as image:
+        signatures = image.of_type(DataType.SIGNATURE)
+        if not signatures:
+            raise HpcbindError(f"{image.path} is not signed (it has no signature object)",
+                               f"sign it with 'hpcrun sign --key KEY {image.path}', or use an "
+                               "image its author signed")
+        if legacy and not legacy_all and group is None and object_id is None:
+            primary = image.primary_partition().id
+            if any(s.linked_object == primary for s in signatures):
+                object_id = primary
+    return verify(image_path, keyring, legacy=legacy, legacy_all=legacy_all, group=group,
+                  object_id=object_id)
+
+
 def _no_such(image: SifImage, what: str) -> HpcbindError:
     return HpcbindError(f"{image.path}: {what}",
                         f"run 'hpcrun sif list {image.path}' to see the objects and groups")

@@ -19,6 +19,10 @@ from hpcbind.errors import HpcbindError
 
 REQUIRED = "required"  # missing source: error
 OPTIONAL = "optional"  # missing source: skipped (e.g. /etc/resolv.conf on an offline node)
+CREATE = "create"  # missing source: created as the caller's directory (in --workdir)
+# Destinations a bind may not replace: the container's root and the kernel's filesystems the
+# runtime mounts itself (a bind there hides them, or as a plain user fails half-way)
+RESERVED_DESTINATIONS = ("/", "/proc", "/sys", "/dev")
 
 
 class Bind(namedtuple("Bind", "source destination read_only recursive need reason device "
@@ -45,6 +49,9 @@ def parse_bind_specs(specs: list[str], cwd: str) -> list[Bind]:
     """
     binds = []
     for spec in specs:
+        if not spec.strip():
+            raise HpcbindError("empty --bind value", "use --bind SRC[:DST[:ro|rw]]")
+        # empty items are skipped: site scripts write BIND="$BIND,/data" with BIND unset
         for item in filter(None, (s.strip() for s in spec.split(","))):
             binds.append(_parse_one(item, cwd))
     return binds
@@ -62,11 +69,16 @@ def _parse_one(item: str, cwd: str) -> Bind:
     if not destination.startswith("/"):
         raise HpcbindError(f"bind destination {destination!r} in {item!r} is not absolute",
                            "give the container path as an absolute path")
+    # normpath keeps a leading "//" (POSIX lets systems give it a meaning); in the
+    # container it is "/", and destinations are compared as strings.
+    destination = "/" + os.path.normpath(destination).lstrip("/")
+    if destination in RESERVED_DESTINATIONS:
+        raise HpcbindError(f"bind destination {destination} in {item!r} would replace the "
+                           "container's own", "bind to a directory below it, or elsewhere "
+                           "(for example SRC:/mnt)")
     return Bind(
         source=os.path.normpath(os.path.join(cwd, source)),
-        # normpath keeps a leading "//" (POSIX lets systems give it a meaning); in the
-        # container it is "/", and destinations are compared as strings.
-        destination="/" + os.path.normpath(destination).lstrip("/"),
+        destination=destination,
         read_only=option == "ro",
         reason="--bind",
     )
@@ -74,6 +86,12 @@ def _parse_one(item: str, cwd: str) -> Bind:
 
 def host_source(bind: Bind) -> str | None:
     """The bind's source with host symlinks resolved; None when it is missing and optional."""
+    if bind.need == CREATE:
+        try:
+            os.makedirs(bind.source, mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise HpcbindError(f"can't create {bind.source}: {err.strerror}",
+                               f"give a directory you can write to ({bind.reason})") from None
     if os.path.lexists(bind.source):
         return os.path.realpath(bind.source)
     if bind.need == OPTIONAL:
@@ -120,14 +138,21 @@ def _escape(destination: str, why: str) -> HpcbindError:
                         "bind to a real directory of the image, not through a link")
 
 
-def make_mountpoint(target: str, source_is_dir: bool) -> None:
-    """Create the file or directory a bind mounts onto (in the writable session layer)."""
+def make_mountpoint(target: str, source_is_dir: bool, shown: str = "") -> None:
+    """Create the file or directory a bind mounts onto (in the writable session layer);
+    shown: the path as the user knows it, for the error."""
     if os.path.lexists(target):
         if os.path.islink(target):
             raise _escape(target, "the mount point is a symlink")
         return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if source_is_dir:
-        os.mkdir(target)
-    else:
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if source_is_dir:
+            os.mkdir(target)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o644))
+    except OSError as err:  # a read-only root (--writable sandbox), an image's file in the way
+        raise HpcbindError(f"can't create the mount point {shown or target} in the "
+                           f"container: {err.strerror}",
+                           "bind onto a path the image has, or onto another path") from None

@@ -26,12 +26,13 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError
-from hpcbind.runtime import identity, linux
+from hpcbind.errors import HpcbindError, warn
+from hpcbind.runtime import identity, linux, overlays
 from hpcbind.runtime.binds import Bind, container_path, host_source, make_mountpoint
+from hpcbind.runtime.environment import quote
 from hpcbind.runtime.rootfs import RootfsOptions, mount_image, open_image, pin_server
 
-TYPE_CHECKING = False  # typing's flag without importing typing, which costs a rank ~3 ms
+TYPE_CHECKING = False  # typing itself costs a rank ~3 ms
 if TYPE_CHECKING:
     from typing import NoReturn
 
@@ -47,17 +48,29 @@ class DeviceBind(namedtuple("DeviceBind", "source destination provider reason",
     __slots__ = ()
 
 
+class Overlay(namedtuple("Overlay", "path read_only")):
+    """An ``--overlay``: a host directory or ext3 image file; read-only ones are lower
+    layers, the writable one (at most one) the upper layer that keeps the root's writes."""
+
+    __slots__ = ()
+
+
 class ContainerSpec(namedtuple("ContainerSpec", (
         "image argv env cwd binds devices links home session_size_mb rootfs use_env_scripts "
-        "new_ipc exec_hint verbose id_map"),
-        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False, None))):
+        "new_ipc exec_hint verbose id_map cwd_required overlays writable scratch level"),
+        defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False, None, False, (),
+                  False, (), 1))):
     """Everything the runtime needs, decided before any namespace exists.
 
     image: ImageSource; argv: the command; env: ContainerEnv; cwd: initial directory inside;
     binds: Binds in mount order; devices: DeviceBinds; links: (container path, target);
     exec_hint: what to say when argv[0] is missing from the image; id_map: for --fakeroot,
     the user namespace to be root in (``hpcbind.host.subids.IdMap``), else None (the
-    caller's own ids).
+    caller's own ids); cwd_required: cwd was asked for (--pwd), so its absence is an error,
+    not a fall-back to home; overlays: Overlays over the image, lowest first; writable: the
+    sandbox directory itself is the root, read-write; scratch: container paths given empty
+    private directories in the session tmpfs; level: how much to say
+    (``errors.message_level``).
     """
 
     __slots__ = ()
@@ -67,10 +80,20 @@ def generated_mounts(spec: ContainerSpec) -> list[tuple[str, str, str, str]]:
     """What ``prepare`` mounts besides the spec's binds, as (source, destination, options,
     reason): the image and its private writable layer, and the identity files."""
     how = "squashfs, read-only" if spec.image.is_squashfs else "directory, read-only"
-    return [
-        (spec.image.path, "/", "overlay,nosuid,nodev",
-         f"the image ({how}) under a private writable tmpfs layer of "
-         f"{spec.session_size_mb} MB (session.size_mb)"),
+    upper = next((o.path for o in spec.overlays if not o.read_only), "")
+    if spec.writable:
+        root = [(spec.image.path, "/", "bind,rw,nosuid,nodev",
+                 "the sandbox directory itself, read-write (--writable)")]
+    else:
+        layer = (f"the writable layer {upper} (--overlay; writes kept)" if upper else
+                 f"a private writable tmpfs layer of {spec.session_size_mb} MB "
+                 "(session.size_mb)")
+        root = [(spec.image.path, "/", "overlay,nosuid,nodev", f"the image ({how}) under "
+                 f"{layer}")]
+        root += [(o.path, "/", "overlay lower,ro", "--overlay :ro, above the image")
+                 for o in spec.overlays if o.read_only]
+    return root + [(f"(session tmpfs){d}", d, "rw,nosuid,nodev", "empty and private")
+                   for d in spec.scratch] + [
         ("(generated)", "/etc/passwd", "ro,nosuid,nodev", "the image's users plus you"),
         ("(generated)", "/etc/group", "ro,nosuid,nodev", "the image's groups plus yours"),
     ]
@@ -85,37 +108,47 @@ def prepare(spec: ContainerSpec) -> None:
     """Steps 1-5: this process ends up inside the container, not yet running the program."""
     user = identity.host_user()  # on the host, before any namespace
     sources = [(b, host_source(b)) for b in spec.binds]
+    layers = overlays.lock_layers(spec.overlays)  # before anything is mounted
     _unshare(user.uid, user.gid, spec.new_ipc, spec.id_map)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     # after unshare (a bind source must be a mount of this namespace), before the session
     # tmpfs covers /tmp, where the image may be
     image_fd = open_image(spec.image)
     spec = spec._replace(rootfs=pin_server(spec.rootfs))  # it may be under /tmp too
+    layers = overlays.reopen(layers)
     linux.mount("hpcbind", SESSION, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={spec.session_size_mb}m")
     for d in ("oldroot", "newroot", "lower", "upper", "work"):
         os.mkdir(f"{SESSION}/{d}", 0o755)
-    how = _mount_root(spec, image_fd, f"{SESSION}/lower", f"{SESSION}/upper", f"{SESSION}/work",
-                      f"{SESSION}/newroot")
+    how = _mount_root(spec, image_fd, layers, f"{SESSION}/newroot")
     _log(spec, f"image {spec.image.path} mounted by {how}")
 
     linux.pivot_root(SESSION, f"{SESSION}/oldroot")
     os.chdir("/")
     new = "/newroot"
+    for path in spec.scratch:
+        private = f"/scratch{path}"
+        os.makedirs(private, mode=0o700)
+        os.chmod(private, 0o1777 if path in SCRATCH_DIRS else 0o700)
+        _bind(private, new, Bind(private, path, reason="scratch"), spec)
+        _log(spec, f"{path}: an empty private directory in the session tmpfs")
     for bind, source in sources:
         if source is None:
             _log(spec, f"skipped {bind.source}: missing and optional")
             continue
-        _bind(f"/oldroot{source}", new, bind)
-        _log(spec, f"bind {source} -> {bind.destination} ({bind.provider}: {bind.reason})")
+        if _bind(f"/oldroot{source}", new, bind, spec):
+            _log(spec, f"bind {source} -> {bind.destination} ({bind.provider}: {bind.reason})")
     for dev in spec.devices:
         _bind(f"/oldroot{os.path.realpath(dev.source)}", new,
               Bind(dev.source, dev.destination, recursive=False, device=True,
-                   reason=dev.reason or "device"))
+                   reason=dev.reason or "device"), spec)
     for path, target in spec.links:
         _link(new, path, target)
     if spec.home:  # a contained or image-less home still has to exist to start in
-        os.makedirs(container_path(new, spec.home), exist_ok=True)
+        try:
+            os.makedirs(container_path(new, spec.home), exist_ok=True)
+        except OSError as err:  # a sandbox, --writable, without it
+            warn(spec.level, f"home {spec.home} missing in the container: {err.strerror}")
     _write_identity(new, identity.ROOT if spec.id_map else user, spec.home)
 
     os.chdir(new)
@@ -149,18 +182,31 @@ def _unshare(uid: int, gid: int, new_ipc: bool, id_map) -> None:
         f.write(f"{gid} {gid} 1")
 
 
-def _mount_root(spec: ContainerSpec, image_fd: int, lower: str, upper: str, work: str,
-                root: str) -> str:
-    how = mount_image(spec.image, image_fd, lower, spec.rootfs)
+def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
+    """The image at ``root``: under an overlay whose upper layer is the session tmpfs or the
+    writable ``--overlay``, or (``--writable``) the sandbox itself, read-write."""
+    lower, upper, work = f"{SESSION}/lower", f"{SESSION}/upper", f"{SESSION}/work"
+    how = mount_image(spec.image, image_fd, lower, spec.rootfs, writable=spec.writable)
+    if spec.writable:
+        linux.mount(lower, root, None, linux.MS_BIND | linux.MS_REC)
+        return f"{how}, read-write (--writable)"
+    lowers, persistent = overlays.mount_layers(layers, SESSION)
+    if persistent:
+        upper, work = persistent
     _claim_parents(lower, upper, _mount_points(spec))
     _claim_scratch(spec, lower, upper)
+    lowerdir = ":".join([*reversed(lowers), lower])  # overlayfs lists the top layer first
     try:
         linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
-                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+                    f"lowerdir={lowerdir},upperdir={upper},workdir={work},userxattr")
     except OSError as err:
+        if persistent:
+            raise HpcbindError(f"can't use the writable --overlay as an overlayfs upper layer: "
+                               f"{err.strerror}", "put the overlay directory on a local "
+                               "filesystem (ext4, xfs), not NFS or Lustre") from None
         raise HpcbindError(f"can't create the writable session layer (overlay): {err.strerror}",
                            "hpcrun needs Linux >= 5.11 for overlayfs in a user namespace") from None
-    return how
+    return how + "".join(f", {layer.describe()}" for layer in layers)
 
 
 def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
@@ -168,7 +214,7 @@ def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
     owned by a root the user namespace cannot map: nobody could write there. As Apptainer's
     contained session directories, they become the caller's, sticky and world-writable, in
     the session layer (so bounded by session.size_mb, and gone with the container)."""
-    bound = {b.destination for b in spec.binds}
+    bound = {b.destination for b in spec.binds} | set(spec.scratch)
     for path in SCRATCH_DIRS:
         if path in bound:
             continue
@@ -208,9 +254,17 @@ def _claim_parents(lower: str, upper: str, paths: list[str]) -> None:
                 os.chmod(above, os.stat(below).st_mode & 0o7777)
 
 
-def _bind(source: str, root: str, bind: Bind) -> None:
+def _bind(source: str, root: str, bind: Bind, spec: ContainerSpec | None = None) -> bool:
+    """Bind ``source``; False when skipped: a writable sandbox without the mount point, which
+    hpcrun may not create there (Apptainer skips these too, with a warning)."""
     target = container_path(root, bind.destination)
-    make_mountpoint(target, os.path.isdir(source))
+    try:
+        make_mountpoint(target, os.path.isdir(source), bind.destination)
+    except HpcbindError as err:
+        if spec is None or not spec.writable or bind.provider == "user":
+            raise
+        warn(spec.level, f"{bind.destination} not bound ({err.what}; --writable)")
+        return False
     flags = linux.MS_BIND | (linux.MS_REC if bind.recursive else 0)
     try:
         linux.mount(source, target, None, flags)
@@ -222,6 +276,7 @@ def _bind(source: str, root: str, bind: Bind) -> None:
     except OSError as err:
         raise HpcbindError(f"can't bind {bind.source} to {bind.destination}: {err.strerror}",
                            "check that the source is readable by you") from None
+    return True
 
 
 def _link(root: str, path: str, target: str) -> None:
@@ -249,13 +304,15 @@ def _write_identity(root: str, user: identity.HostUser, home: str) -> None:
 def execute(spec: ContainerSpec) -> NoReturn:
     """Step 6, in a process already inside the container (by prepare, or by joining one)."""
     argv, env = command_line(spec)
-    apply(RankExec(argv, env, spec.cwd, spec.home, *failure_line(spec)))
+    apply(RankExec(argv, env, spec.cwd, spec.home, *cwd_failure(spec), *failure_line(spec)))
 
 
-class RankExec(namedtuple("RankExec", "argv env cwd home failure_prefix failure_suffix")):
+class RankExec(namedtuple("RankExec", "argv env cwd home cwd_failure_prefix cwd_failure_suffix "
+                                      "failure_prefix failure_suffix")):
     """What is left to do once inside: the command and environment as they reach execve, the
-    directory (home, then /, when it is missing), and the line to print when execve fails
-    (around its strerror). A node's holder computes it for each rank; C or Python apply it."""
+    directory, and the lines to print (around strerror) when it is missing (none: home, then
+    /, instead) and when execve fails. A node's holder computes it for each rank; C or
+    Python apply it."""
 
     __slots__ = ()
 
@@ -265,10 +322,22 @@ def command_line(spec: ContainerSpec) -> tuple[list[str], dict[str, str]]:
     image has env scripts to source (as Apptainer images expect), else as given."""
     argv = list(spec.argv)
     if spec.use_env_scripts and os.path.isdir(ENV_SCRIPTS) and os.access("/bin/sh", os.X_OK):
+        # the shell's own "exec: line 3: X: not found" would name neither image nor command
+        prefix, suffix = failure_line(spec)
+        missing = quote(f"{prefix}not found{suffix}")
         script = (f'for f in {ENV_SCRIPTS}/*.sh; do [ -f "$f" ] && . "$f"; done\n'
-                  f'{spec.env.shell_edits()}\nexec "$@"')
+                  f'{spec.env.shell_edits()}\n'
+                  f'command -v "$1" >/dev/null 2>&1 || {{ echo {missing} >&2; exit 127; }}\n'
+                  'exec "$@"')
         return ["/bin/sh", "-c", script, argv[0]] + argv, dict(spec.env.base)
     return argv, spec.env.final()
+
+
+def cwd_failure(spec: ContainerSpec) -> tuple[str, str]:
+    if not spec.cwd_required:
+        return "", ""
+    return (f"hpcrun: error: can't change to --pwd {spec.cwd} in the container: ",
+            "; give a directory the image has, or --bind one there")
 
 
 def failure_line(spec: ContainerSpec) -> tuple[str, str]:
@@ -277,12 +346,16 @@ def failure_line(spec: ContainerSpec) -> tuple[str, str]:
             f"; {hint}")
 
 
-def apply(rank: RankExec) -> "NoReturn":  # noqa: F821
+def apply(rank: RankExec) -> NoReturn:
     """The last step, which hpcrun-starter (C) repeats for ranks that join a node's
     container without Python: keep both alike."""
     try:
         os.chdir(rank.cwd)
-    except OSError:
+    except OSError as err:
+        if rank.cwd_failure_prefix:
+            os.write(2, f"{rank.cwd_failure_prefix}{err.strerror}{rank.cwd_failure_suffix}\n"
+                     .encode())
+            os._exit(255)
         os.chdir(rank.home if os.path.isdir(rank.home) else "/")
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     # Python ignores these at start-up and execve keeps what is ignored: the program would

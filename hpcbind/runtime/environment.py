@@ -82,13 +82,13 @@ def apply_edit(env: dict[str, str], edit: EnvEdit) -> None:
         raise ValueError(edit.action)
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
     # shlex.quote's rule; shlex itself imports re, ~5 ms per rank
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
 def _shell(edit: EnvEdit) -> str:
-    name, value = edit.name, _quote(edit.value)
+    name, value = edit.name, quote(edit.value)
     if edit.action == SET:
         return f"export {name}={value}"
     if edit.action == PREPEND:
@@ -96,6 +96,19 @@ def _shell(edit: EnvEdit) -> str:
     if edit.action == APPEND:
         return f'export {name}="${{{name}:+${name}:}}"{value}'
     return f"unset {name}"
+
+
+def split_env_option(value: str) -> list[str]:
+    """An ``--env`` value's ``NAME=VALUE`` items: split on commas, as Apptainer's flag parser
+    does, but a piece with no ``=`` belongs to the item before it, so ``--env
+    OMPI_MCA_btl=self,vader,tcp`` keeps its value whole."""
+    items: list[str] = []
+    for piece in value.split(","):
+        if items and "=" not in piece:
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return items
 
 
 def parse_env_assignments(items: Iterable[str], where: str) -> list[tuple[str, str]]:

@@ -33,7 +33,8 @@ from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
 from hpcbind.runtime import linux
-from hpcbind.runtime.container import RankExec, apply, command_line, failure_line
+from hpcbind.runtime.container import (RankExec, apply, command_line, cwd_failure,
+                                       failure_line)
 
 CLONE_NEWUSER = linux.CLONE_NEWUSER
 CLONE_NEWNS = linux.CLONE_NEWNS
@@ -110,15 +111,17 @@ def inherited_listener() -> socket.socket | None:
 
 
 def _rank_exec(fields: list[str]) -> RankExec:
-    cwd, home, failure_prefix, failure_suffix, argc = fields[2:7]
-    argv = fields[7:7 + int(argc)]
-    env = dict(entry.partition("=")[::2] for entry in fields[7 + int(argc):])
-    return RankExec(argv, env, cwd, home, failure_prefix, failure_suffix)
+    *lines, argc = fields[2:9]
+    argv = fields[9:9 + int(argc)]
+    env = dict(entry.partition("=")[::2] for entry in fields[9 + int(argc):])
+    return RankExec(argv, env, *lines)
 
 
 def _exec_fields(rank: RankExec, notes: str) -> list[str]:
-    return ["exec", notes, rank.cwd, rank.home, rank.failure_prefix, rank.failure_suffix,
-            str(len(rank.argv)), *rank.argv, *(f"{k}={v}" for k, v in rank.env.items())]
+    """["exec", notes, cwd, home, the two failure lines' prefixes and suffixes, argc, argv...,
+    environment...]: what hpcrun-starter's ``apply`` reads."""
+    return ["exec", notes, *rank[2:], str(len(rank.argv)), *rank.argv,
+            *(f"{k}={v}" for k, v in rank.env.items())]
 
 
 def _request(pid: int, fields: list[str]) -> Request:
@@ -222,7 +225,7 @@ def _holder(listener: socket.socket, make_container, make_rank, expected: int | 
         try:
             rank, notes = make_rank(shared, request)
             return _exec_fields(RankExec(*command_line(rank), rank.cwd, rank.home,
-                                         *failure_line(rank)), notes)
+                                         *cwd_failure(rank), *failure_line(rank)), notes)
         except HpcbindError as err:
             return ["error", str(err)]
         except Exception as err:

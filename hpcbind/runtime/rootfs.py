@@ -18,7 +18,7 @@ import signal
 import struct
 from collections import namedtuple
 
-from hpcbind.errors import HpcbindError
+from hpcbind.errors import HpcbindError, note
 from hpcbind.host.conventions import file_identity_key, user_cache_dir
 from hpcbind.image.source import ImageSource
 from hpcbind.runtime import linux
@@ -39,8 +39,9 @@ _FUSE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
 
 
 class RootfsOptions(namedtuple("RootfsOptions", "squashfuse kernel_squashfs extract_fallback "
-                                "cache_dir", defaults=("squashfuse_ll", True, True, ""))):
-    """kernel_squashfs: as root, use a loop device; cache_dir: for the extraction fallback."""
+                                "cache_dir level", defaults=("squashfuse_ll", True, True, "", 1))):
+    """kernel_squashfs: as root, use a loop device; cache_dir: for the extraction fallback;
+    level: how much to say (``errors.message_level``)."""
 
     __slots__ = ()
 
@@ -68,12 +69,15 @@ def pin_server(options: RootfsOptions) -> RootfsOptions:
     return options._replace(squashfuse=f"{_PINNED}{fd}")
 
 
-def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions) -> str:
-    """Mount ``image`` (open as ``image_fd``) read-only at ``target``; returns how."""
+def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsOptions,
+                writable: bool = False) -> str:
+    """Mount ``image`` (open as ``image_fd``) read-only at ``target``; returns how.
+    writable: a sandbox directory bound read-write (``--writable``)."""
     ref = f"/proc/self/fd/{image_fd}"
     if not image.is_squashfs:
         linux.mount(ref, target, None, linux.MS_BIND | linux.MS_REC)
-        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT
+                    | (0 if writable else linux.MS_RDONLY)
                     | linux.MS_NOSUID | linux.MS_NODEV | linux.locked_flags(target))
         return "bind"
     failures = []
@@ -93,7 +97,7 @@ def mount_image(image: ImageSource, image_fd: int, target: str, options: RootfsO
     else:
         failures.append(f"{options.squashfuse} not found")
     if options.extract_fallback and _which("unsquashfs"):
-        rootfs = extract(image, image_fd, options.cache_dir)
+        rootfs = extract(image, image_fd, options.cache_dir, options.level)
         linux.mount(rootfs, target, None, linux.MS_BIND | linux.MS_REC)
         return "extracted"
     raise HpcbindError(f"can't mount {image.path} ({'; '.join(failures)})",
@@ -110,18 +114,27 @@ def _which(name: str) -> str | None:
 
 
 def _mount_loop(image: ImageSource, image_fd: int, target: str) -> None:
+    mount_loop(image_fd, image.offset, image.size, image.path, target, "squashfs", _FUSE_FLAGS)
+
+
+def mount_loop(fd: int, offset: int, size: int, name: str, target: str, fstype: str,
+               flags: int) -> None:
+    """Mount what ``fd`` holds from ``offset`` (``size`` bytes, 0: to the end) through a loop
+    device; read-only unless ``flags`` lacks MS_RDONLY. The device is freed by the kernel
+    when its mount goes away (LO_FLAGS_AUTOCLEAR)."""
+    read_only = bool(flags & linux.MS_RDONLY)
     with open("/dev/loop-control", "rb") as ctl:
         number = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
     loop_path = f"/dev/loop{number}"
-    loop_fd = os.open(loop_path, os.O_RDONLY | os.O_CLOEXEC)
+    loop_fd = os.open(loop_path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(loop_fd, _LOOP_SET_FD, image_fd)
-        info = _LOOP_INFO64.pack(0, 0, 0, image.offset, image.size, number, 0, 0,
-                                 _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR,
-                                 os.fsencode(image.path)[:63], b"", b"", 0, 0)
+        fcntl.ioctl(loop_fd, _LOOP_SET_FD, fd)
+        info = _LOOP_INFO64.pack(0, 0, 0, offset, size, number, 0, 0,
+                                 _LO_FLAGS_AUTOCLEAR | (_LO_FLAGS_READ_ONLY if read_only else 0),
+                                 os.fsencode(name)[:63], b"", b"", 0, 0)
         try:
             fcntl.ioctl(loop_fd, _LOOP_SET_STATUS64, info)
-            linux.mount(loop_path, target, "squashfs", _FUSE_FLAGS)
+            linux.mount(loop_path, target, fstype, flags)
         except OSError:
             fcntl.ioctl(loop_fd, _LOOP_CLR_FD, 0)
             raise
@@ -171,7 +184,7 @@ def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd
         os._exit(127)
 
 
-def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
+def extract(image: ImageSource, image_fd: int, cache_dir: str, level: int = 1) -> str:
     """The image unpacked under the cache, keyed by file identity; reused when present."""
     st = os.fstat(image_fd)
     base = cache_dir or os.path.join(user_cache_dir(), "rootfs")
@@ -191,19 +204,41 @@ def extract(image: ImageSource, image_fd: int, cache_dir: str) -> str:
             return rootfs
         partial = f"{rootfs}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial]
-        if image.offset:
-            cmd += ["-o", str(image.offset)]
+        offset = ["-o", str(image.offset)] if image.offset else []
         parent = os.getpid()
-        result = subprocess.run(cmd + [f"/proc/self/fd/{image_fd}"], capture_output=True,
+        source = f"/proc/self/fd/{image_fd}"
+        devices = [] if os.getuid() == 0 else _device_nodes(offset, source, image_fd, parent)
+        cmd = ["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", partial, *offset]
+        if devices:  # only root may create them (debootstrap images have /dev/zero, ...)
+            cmd += ["-exclude-file", f"{partial}.devices"]
+            with open(f"{partial}.devices", "w") as f:
+                f.write("".join(f"{d}\n" for d in devices))
+        result = subprocess.run(cmd + [source], capture_output=True,
                                 text=True, pass_fds=(image_fd,),
                                 preexec_fn=lambda: _die_with(parent))
+        if devices:
+            os.unlink(f"{partial}.devices")
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             raise HpcbindError(f"can't extract {image.path}: {result.stderr.strip()[-200:]}",
                                "install squashfuse and fuse3 to mount the image in place")
         os.rename(partial, rootfs)
+    if devices:
+        note(level, f"unpacking {image.path}: skipped {len(devices)} device node(s) (/"
+             f"{', /'.join(devices[:3])}{', ...' if len(devices) > 3 else ''}): only root "
+             "creates them; the container's /dev is the host's")
     return rootfs
+
+
+def _device_nodes(offset: list[str], source: str, image_fd: int, parent: int) -> list[str]:
+    """Paths (relative to the image's root) of its character and block devices."""
+    import subprocess
+
+    listing = subprocess.run(["unsquashfs", "-lls", *offset, source], capture_output=True,
+                             text=True, pass_fds=(image_fd,),
+                             preexec_fn=lambda: _die_with(parent)).stdout
+    return [line.split(" squashfs-root/", 1)[1] for line in listing.splitlines()
+            if line[:1] in ("c", "b") and " squashfs-root/" in line]
 
 
 def _die_with(parent: int) -> None:

@@ -240,20 +240,25 @@ static void enter(int user_fd, int mnt_fd)
     close(mnt_fd);
 }
 
-/* container.apply, field for field: ["exec", notes, cwd, home, failure prefix, failure
- * suffix, argc, argv..., environment...] */
+/* container.apply, field for field: ["exec", notes, cwd, home, the missing directory's
+ * line (prefix, suffix; none: fall back to home), the execve failure's line (prefix,
+ * suffix), argc, argv..., environment...] */
 static void apply(char **field, int count, const char *key)
 {
-    if (count < 8)
+    if (count < 10)
         fail("node session %s sent a malformed answer; run the job again", key);
     char *end;
-    long argc = strtol(field[6], &end, 10);
-    if (*end || argc < 1 || argc > count - 7)
+    long argc = strtol(field[8], &end, 10);
+    if (*end || argc < 1 || argc > count - 9)
         fail("node session %s sent a malformed answer; run the job again", key);
-    char **argv = field + 7, **env = field + 7 + argc;
+    char **argv = field + 9, **env = field + 9 + argc;
     fputs(field[1], stderr);
     if (chdir(field[2]) != 0) {
         struct stat home;
+        if (*field[4]) {
+            fprintf(stderr, "%s%s%s\n", field[4], strerror(errno), field[5]);
+            exit(255);
+        }
         if (stat(field[3], &home) != 0 || !S_ISDIR(home.st_mode) || chdir(field[3]) != 0)
             if (chdir("/") != 0)
                 fail("can't change to / in the container: %s", strerror(errno));
@@ -268,7 +273,7 @@ static void apply(char **field, int count, const char *key)
     memcpy(program_argv, argv, (size_t)argc * sizeof *argv);
     environ = env; /* execvp searches the PATH of the rank's own environment, as Python's */
     execvp(program, program_argv);
-    fprintf(stderr, "%s%s%s\n", field[4], strerror(errno), field[5]);
+    fprintf(stderr, "%s%s%s\n", field[6], strerror(errno), field[7]);
     exit(255);
 }
 
