@@ -193,7 +193,9 @@ def test_killed_while_unpacking_the_image(unprivileged: Unprivileged, workdir: P
         before = HostState.now(unprivileged.uid)
         proc = start(unprivileged, "exec", str(unprivileged.busybox_sif), "true",
                      env={**env, "PATH": f"{workdir / 'bin'}:/usr/bin:/bin"})
-        gate.wait_started()
+        gate.wait_started()  # the listing that finds device nodes to leave out
+        gate.let_through()
+        gate.wait_started(2)  # the unpacking
         proc.kill()
         assert proc.wait(timeout=10) == -signal.SIGKILL
         assert leftovers(unprivileged.uid, before) == {}
