@@ -114,7 +114,7 @@ def prepare(spec: ContainerSpec) -> None:
     # after unshare (a bind source must be a mount of this namespace), before the session
     # tmpfs covers /tmp, where the image may be
     image_fd = open_image(spec.image)
-    spec = spec._replace(rootfs=pin_server(spec.rootfs))  # it may be under /tmp too
+    spec = spec._replace(rootfs=pin_server(spec.rootfs, SESSION))
     layers = overlays.reopen(layers)
     linux.mount("hpcbind", SESSION, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={spec.session_size_mb}m")

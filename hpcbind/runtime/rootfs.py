@@ -56,11 +56,12 @@ def open_image(image: ImageSource) -> int:
     return os.open(image.path, flags | os.O_CLOEXEC)
 
 
-def pin_server(options: RootfsOptions) -> RootfsOptions:
-    """The FUSE server as a descriptor, opened before the session's tmpfs covers /tmp, where
-    it may be installed (a user's build, the tests' copy): it is run after."""
+def pin_server(options: RootfsOptions, covered: str) -> RootfsOptions:
+    """The FUSE server as a descriptor when it is installed under ``covered`` (a user's
+    build, the tests' copy under /tmp), which the session's tmpfs hides before the server is
+    run. Only then: a program run by descriptor is named by its number in /proc."""
     path = _which(options.squashfuse)
-    if path is None:
+    if path is None or not path.startswith(covered.rstrip("/") + "/"):
         return options
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
