@@ -18,6 +18,11 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 
 STARTER := $(VENV)/bin/hpcrun-starter
 SQUASHFS_SERVER := $(VENV)/bin/hpcbind-squashfuse
+SPAWN_LIBRARY := $(VENV)/bin/hpcbind-spawn.so
+
+# also in tests/conftest.py, which builds the helpers from the checkout under test
+SPAWN_LIBRARY_CFLAGS := -O2 -Wall -Wextra -Werror -shared -fPIC -nostdlib -ffreestanding \
+	-fno-stack-protector
 
 .PHONY: demo test deps venv starter test-user example bench bench-osu clean
 
@@ -56,13 +61,17 @@ $(VENV)/.installed: pyproject.toml scripts/hpcrun.in
 # The compiled helpers, beside hpcrun where hpcbind looks for them (without them it takes
 # the slower ways): the ranks' way into their node's container without a Python interpreter
 # each (hpcbind/runtime/starter.c), and the image's FUSE server that lets the kernel cache
-# what cannot change (hpcbind/runtime/squashfs_server.c).
-starter: $(STARTER) $(SQUASHFS_SERVER)
+# what cannot change (hpcbind/runtime/squashfs_server.c), and the library that starts the
+# processes MPI_Comm_spawn asks for in the container, or refuses where the launcher would
+# start them on the host (hpcbind/mpi/spawn.c: no libc linked, so it loads into any image).
+starter: $(STARTER) $(SQUASHFS_SERVER) $(SPAWN_LIBRARY)
 $(STARTER): hpcbind/runtime/starter.c | venv
 	gcc -O2 -Wall -Wextra -Werror -o $@ $<
 $(SQUASHFS_SERVER): hpcbind/runtime/squashfs_server.c | venv deps
 	gcc -O2 -Wall -Wextra -Werror $$(pkg-config --cflags fuse3) -o $@ $< \
 		-lsquashfuse_ll -lsquashfuse $$(pkg-config --libs fuse3)
+$(SPAWN_LIBRARY): hpcbind/mpi/spawn.c | venv
+	gcc $(SPAWN_LIBRARY_CFLAGS) -o $@ $<
 
 # Bytecode for every user: the unprivileged user (and MPI ranks) cannot write __pycache__
 # here, and without it each launch recompiles the modules it imports (~30 ms).

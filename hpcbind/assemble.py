@@ -24,10 +24,11 @@ from collections import namedtuple
 from hpcbind.errors import NORMAL, HpcbindError
 from hpcbind.host.conventions import installed_helper
 from hpcbind.image.source import ImageKind, ImageSource
+from hpcbind.mpi import rankenv
 from hpcbind.runtime.binds import CREATE, OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import SCRATCH_DIRS, ContainerSpec, DeviceBind, Overlay
-from hpcbind.runtime.environment import (ContainerEnv, EnvEdit, container_env, own_values,
-                                         parse_env_assignments, read_env_file,
+from hpcbind.runtime.environment import (PREPEND, ContainerEnv, EnvEdit, container_env,
+                                         own_values, parse_env_assignments, read_env_file,
                                          split_env_option)
 from hpcbind.runtime.rootfs import RootfsOptions
 
@@ -56,6 +57,8 @@ MINIMAL_DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd
 # cwd is not bound when it is one of these (binding the host's /usr over the image's breaks it)
 SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt",
                "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var")
+# Where the ranks' MPI_Comm_spawn is bound (hpcbind/mpi/spawn.c)
+SPAWN_LIBRARY = "/.hpcbind/spawn.so"
 # Mount options of plan entries the runtime applies as such; nosuid and nodev it applies to
 # every bind anyway (nodev except on device binds), and every plan mount is a bind.
 HONOURED_OPTIONS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "bind", "rbind"})
@@ -198,6 +201,9 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         # EnvAction's values are the runtime's edit names ("set", "prepend", ...)
         plan_edits = [EnvEdit(str(op.action), op.name, op.value) for op in plan.env]
         checks = [(str(c.status), c.name, c.message, c.fix) for c in plan.checks]
+    spawn = _spawn_library(caller.env, log)
+    binds += spawn
+    plan_edits += [EnvEdit(PREPEND, "LD_PRELOAD", SPAWN_LIBRARY)] if spawn else []
     _log_shadowed(binds, log)
 
     spec = ContainerSpec(
@@ -226,6 +232,27 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         level=options.level,
     )
     return Assembly(spec, tuple(log), tuple(checks))
+
+
+def _spawn_library(env: dict[str, str], log: list[str]) -> list[Bind]:
+    """The bind of hpcbind/mpi/spawn.c's library, which ranks preload: MPI_Comm_spawn then
+    starts its processes through the fork agent of ``hpcrun mpirun`` (Open MPI), into the
+    container, and is refused in one line under any other launcher, whose daemons would
+    start them on the host."""
+    if rankenv.place(env) is None:
+        return []  # a singleton's spawns come from the daemon it forks, in the container
+    library = installed_helper("hpcbind-spawn.so")
+    if env.get(rankenv.FORK_AGENT_VARIABLE) == "1":
+        effect = "starts its processes in the container (hpcrun is mpirun's fork agent)"
+    else:
+        effect = "refused: this launcher would start the processes on the host"
+    if library is None:
+        log.append("MPI_Comm_spawn: not handled (no hpcbind-spawn.so beside hpcrun); the "
+                   "processes it starts may run on the host")
+        return []
+    log.append(f"MPI_Comm_spawn {effect} (LD_PRELOAD={SPAWN_LIBRARY})")
+    return [Bind(library, SPAWN_LIBRARY, read_only=True, recursive=False, provider=RUNTIME,
+                 reason=f"MPI_Comm_spawn {effect}")]
 
 
 def _user_namespace(options: RunOptions, caller: Caller, log: list[str]):

@@ -73,13 +73,11 @@ def parse(argv: list[str]):
         raise SystemExit(0)
     name = argv[0]
     if name not in HOT_COMMANDS:
-        if sys.flags.no_site:
-            import site  # the launcher skipped it (python -S); these commands need rich, etc.
-
-            site.main()
         import tempfile
 
-        from hpcbind.host.conventions import temp_dir
+        from hpcbind.host.conventions import load_site_packages, temp_dir
+
+        load_site_packages()
 
         tempfile.tempdir = temp_dir()  # APPTAINER_TMPDIR for builds and pulls
     if name not in COMMANDS:

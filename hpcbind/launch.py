@@ -17,6 +17,7 @@ import os
 from hpcbind.assemble import (Assembly, Caller, RunOptions, assemble, node_share, rank_binding,
                                rank_spec)
 from hpcbind.errors import HpcbindError
+from hpcbind.host.conventions import load_site_packages
 from hpcbind.image.source import locate
 from hpcbind.mpi import rankenv
 from hpcbind.runtime.container import enter
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 def run(options: RunOptions, config) -> NoReturn:
     if options.node_session:
+        options = options._replace(argv=program(options.argv))
         run_rank(options, config)
     caller = _caller(options.fakeroot)
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
@@ -53,21 +55,34 @@ def run_rank(options: RunOptions, config) -> None:
 
     listener = nodesession.inherited_listener()  # before the environment is read
     caller = _caller()
-    where = rankenv.place(caller.env)
 
     def make_rank(shared: dict, request) -> tuple:
         log: list[str] = []
-        spec = rank_spec(options._replace(argv=tuple(request.argv)), config,
+        spec = rank_spec(options._replace(argv=program(request.argv)), config,
                          Caller(request.env, request.cwd, caller.home), shared,
                          rankenv.place(request.env),
                          lambda: _rank_numa(request.pid, shared["cpulists"]), log)
         return spec, "".join(f"hpcrun: {line}\n" for line in log) if options.verbose else ""
 
+    def job_of(request) -> tuple[str, int | None]:
+        where = rankenv.place(request.env)
+        return rankenv.job(request.env), where.local_size if where else None
+
     nodesession.join(
-        options.node_session, where.local_size if where else None, list(options.argv),
-        caller.env, caller.cwd, listener,
+        options.node_session, list(options.argv), caller.env, caller.cwd, listener,
         make_container=lambda: _node_container(options, config, caller),
-        make_rank=make_rank)
+        make_rank=make_rank, job_of=job_of)
+
+
+def program(argv) -> tuple[str, ...]:
+    """A rank's command without the two words that got it past Open MPI's check that the
+    program exists on the host (``rankenv.FORK_AGENT_MARK``): its fork agent, hpcrun, runs
+    what follows them, which need only exist in the image."""
+    if len(argv) > 2 and argv[1] == rankenv.FORK_AGENT_MARK and (
+            argv[0] in rankenv.SPAWN_COMMANDS
+            or os.path.basename(argv[0]) in ("hpcrun", "hpcrun-starter")):
+        return tuple(argv[2:])
+    return tuple(argv)
 
 
 def dry_run(options: RunOptions, config) -> Assembly:
@@ -108,6 +123,7 @@ def _assembled(options: RunOptions, config, caller: Caller, refuse_failed: bool)
         parse_policy(options.gpu_bind)  # a bad value fails before anything happens
     image = locate(options.image)
     if config["trust.allowed_signers"] or config["trust.denied_signers"]:
+        load_site_packages()
         from hpcbind.image.policy import check_signers  # before anything is mounted
 
         check_signers(image.path, config["trust.allowed_signers"],
@@ -123,12 +139,7 @@ def _assembled(options: RunOptions, config, caller: Caller, refuse_failed: bool)
 
 
 def _plan(options: RunOptions, image_path: str, env: dict[str, str]):
-    import sys
-
-    if sys.flags.no_site:  # the launcher skips site-packages (python -S); discovery needs them
-        import site
-
-        site.main()
+    load_site_packages()
     from pathlib import Path
 
     from hpcbind.discover import Request, make_plan

@@ -79,21 +79,31 @@ class Unprivileged:
         return subprocess.Popen(self.argv(*args, env=env), cwd=str(self.root), **kw)
 
 
-EXECUTABLES = ("hpcrun", "hpcrun-starter", "hpcbind-squashfuse")
+# tests/data holds other projects' files, mpi4py's own test suite among them: data, run by
+# the tests that need it, never collected here
+collect_ignore = ["data"]
+
+EXECUTABLES = ("hpcrun", "hpcrun-starter", "hpcbind-squashfuse", "hpcbind-spawn.so")
 # hpcbind-squashfuse as /proc names it (a command name keeps 15 characters)
 FUSE_SERVER = "hpcbind-squashf"
 
 
 def build_helpers(where: Path) -> None:
     """The compiled helpers, beside hpcrun where hpcbind looks for them (``make starter``
-    puts them in .venv/bin): built from this checkout's sources, which the tests are of."""
-    runtime = REPO / "hpcbind" / "runtime"
+    puts them in .venv/bin, with the same flags): built from this checkout's sources, which
+    the tests are of."""
     fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
                           text=True, check=True).stdout.split()
-    for name, source, libraries in zip(EXECUTABLES[1:], ("starter.c", "squashfs_server.c"),
-                                       ([], ["-lsquashfuse_ll", "-lsquashfuse", *fuse])):
+    helpers = {
+        "hpcrun-starter": ("runtime/starter.c", []),
+        "hpcbind-squashfuse": ("runtime/squashfs_server.c",
+                               ["-lsquashfuse_ll", "-lsquashfuse", *fuse]),
+        "hpcbind-spawn.so": ("mpi/spawn.c", ["-shared", "-fPIC", "-nostdlib",
+                                                 "-ffreestanding", "-fno-stack-protector"]),
+    }
+    for name, (source, flags) in helpers.items():
         subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(where / name),
-                        str(runtime / source), *libraries], check=True)
+                        str(REPO / "hpcbind" / source), *flags], check=True)
 
 
 @pytest.fixture(scope="session")

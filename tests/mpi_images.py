@@ -1,7 +1,8 @@
 """Small real MPI images for the launcher tests, made in seconds from the host's own files.
 
-An image holds ``tests/mpi/mpi_check.c`` compiled with the family's ``mpicc`` at
-``/usr/local/bin/mpi-check``, every library ``ldd`` lists for it (and the dynamic loader),
+An image holds ``tests/mpi/mpi_check.c`` and ``tests/mpi/spawn_check.c`` compiled with the
+family's ``mpicc`` at ``/usr/local/bin/mpi-check`` and ``spawn-check``, every library ``ldd``
+lists for them (and the dynamic loader),
 and the directories the MPI library loads plugins from. It is a real root filesystem the
 container runtime mounts like any other; only its size differs from the example image's
 (which takes a 7-minute debootstrap and is used where Python/mpi4py is needed).
@@ -13,7 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-SOURCE = Path(__file__).parent / "mpi" / "mpi_check.c"
+PROGRAMS = {name: Path(__file__).parent / "mpi" / f"{name.replace('-', '_')}.c"
+            for name in ("mpi-check", "spawn-check")}
 MPICC = {"openmpi": "mpicc.openmpi", "mpich": "mpicc.mpich"}
 # dlopen'd at run time, so ldd does not list them
 PLUGIN_DIRS = {
@@ -25,18 +27,19 @@ PLUGIN_DIRS = {
 
 
 def build_mpi_image(family: str, work: Path) -> Path:
-    """A squashfs image whose /usr/local/bin/mpi-check is built against ``family``'s MPI
+    """A squashfs image whose /usr/local/bin programs are built against ``family``'s MPI
     (built once per ``work`` directory: several test modules share one)."""
     image = work / f"{family}.sqfs"
     if image.exists():
         return image
     root = work / f"{family}-root"
-    binary = work / f"mpi-check-{family}"
-    subprocess.run([MPICC[family], "-O", "-o", str(binary), str(SOURCE)], check=True,
-                   capture_output=True)
-    _copy(binary, root / "usr/local/bin/mpi-check")
-    for lib in _ldd(binary):
-        _copy(Path(lib), root / lib.lstrip("/"))
+    for name, source in PROGRAMS.items():
+        binary = work / f"{name}-{family}"
+        subprocess.run([MPICC[family], "-O", "-o", str(binary), str(source)], check=True,
+                       capture_output=True)
+        _copy(binary, root / "usr/local/bin" / name)
+        for lib in _ldd(binary):
+            _copy(Path(lib), root / lib.lstrip("/"))
     for directory in PLUGIN_DIRS[family]:
         if Path(directory).is_dir():
             shutil.copytree(directory, root / directory.lstrip("/"), symlinks=True,

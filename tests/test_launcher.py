@@ -41,20 +41,59 @@ def test_split_finds_the_image_after_the_launchers_options(family):
     assert line.command == argv[argv.index("app.sif") + 1:]
 
 
-def test_rewrite_runs_each_rank_through_hpcrun_exec():
+def test_rewrite_makes_hpcrun_open_mpis_fork_agent():
     line = launcher.split(LINES[launcher.OPENMPI][0])
     env = {"HPCBIND_CONFIG": "/etc/x.toml", "APPTAINERENV_A": "1", "HOME": "/h"}
     rank = ["/opt/hpcrun", "exec", "--node-session", "KEY", "--nv", "app.sif"]
-    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env, None) == [
-        "mpirun", "-x", "APPTAINERENV_A", "-x", "HPCBIND_CONFIG", *LINES[launcher.OPENMPI][1],
-        *rank, "./solver", "-n", "3"]
+    argv, added = launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env, None)
+    assert argv == [
+        "mpirun", "-x", "APPTAINERENV_A", "-x", "HPCBIND_CONFIG", "-x", "HPCBIND_FORK_AGENT",
+        "--mca", "orte_fork_agent", " ".join(rank), *LINES[launcher.OPENMPI][1],
+        "/opt/hpcrun", "--hpcbind-fork-agent", "./solver", "-n", "3"]
+    assert added == {"HPCBIND_FORK_AGENT": "1", "PRTE_MCA_prte_fork_agent": " ".join(rank)}
     # the starter is told how many words precede the program
-    assert launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env, "/opt/hpcrun-starter")[
-        -len(rank) - 6:] == ["/opt/hpcrun-starter", "KEY", "6", *rank, "./solver", "-n", "3"]
+    argv, added = launcher.rewrite(line, "/opt/hpcrun", ["--nv"], "KEY", env,
+                                   "/opt/hpcrun-starter")
+    assert added["PRTE_MCA_prte_fork_agent"] == " ".join(["/opt/hpcrun-starter", "KEY", "6",
+                                                          *rank])
+    assert argv[-5:] == ["/opt/hpcrun-starter", "--hpcbind-fork-agent", "./solver", "-n", "3"]
+
+
+def test_rewrite_puts_hpcrun_in_front_of_the_command_elsewhere():
+    env = {"HOME": "/h"}
+    rank = ["/opt/hpcrun-starter", "K", "5", "/opt/hpcrun", "exec", "--node-session", "K",
+            "app.sif", "./solver"]
     srun = launcher.split(LINES[launcher.SLURM][0])
-    assert launcher.rewrite(srun, "/opt/hpcrun", [], "K", env, None)[:7] == ["srun", "-N", "3",
-                                                                      "--ntasks=6", "--mpi",
-                                                                      "pmix", "-O"]
+    assert launcher.rewrite(srun, "/opt/hpcrun", [], "K", env, "/opt/hpcrun-starter") == (
+        ["srun", *LINES[launcher.SLURM][1], *rank], {})
+    hydra = launcher.split(LINES[launcher.MPICH][0])
+    assert launcher.rewrite(hydra, "/opt/hpcrun", [], "K", env, "/opt/hpcrun-starter") == (
+        ["mpiexec.mpich", *LINES[launcher.MPICH][1], *rank], {})
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["mpirun", "--mca", "orte_fork_agent", "strace", "app.sif", "x"], {}, "orte_fork_agent"),
+    (["mpirun", "app.sif", "x"], {"OMPI_MCA_orte_fork_agent": "strace"}, "orte_fork_agent"),
+    (["mpirun", "--fork-agent=strace", "app.sif", "x"], {}, "--fork-agent"),
+    (["mpirun", "my app.sif", "x"], {}, "split at spaces"),
+])
+def test_fork_agent_conflicts_are_refused(argv, env, message):
+    with pytest.raises(HpcbindError, match=message):
+        launcher.rewrite(launcher.split(argv), "/opt/hpcrun", [], "K", env, None)
+
+
+def test_a_rank_drops_the_fork_agent_mark():
+    from hpcbind.launch import program
+
+    assert program(("/opt/hpcrun-starter", "--hpcbind-fork-agent", "./solver", "-n")) == (
+        "./solver", "-n")
+    assert program(("/opt/hpcrun", "--hpcbind-fork-agent", "python3")) == ("python3",)
+    # a process MPI_Comm_spawn started has no mark; a program's own options are its own
+    assert program(("python3", "child.py")) == ("python3", "child.py")
+    assert program(("/bin/sh", "--hpcbind-fork-agent", "/opt/conda/bin/python")) == (
+        "/opt/conda/bin/python",)
+    assert program(("./solver", "--hpcbind-fork-agent", "x")) == (
+        "./solver", "--hpcbind-fork-agent", "x")
 
 
 @pytest.mark.parametrize("argv, message", [

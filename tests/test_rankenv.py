@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcbind.mpi.rankenv import Place, place, slurm_tasks_on_node, under_launcher
+from hpcbind.mpi.rankenv import Place, job, place, slurm_tasks_on_node, under_launcher
 
 # What each launcher gives a rank here (variables seen under Open MPI 4.1 mpirun, MPICH 4
 # Hydra and Slurm 22.05 srun on this machine; values chosen for the cases)
@@ -36,6 +36,14 @@ def test_place(env, expected):
     assert under_launcher(env) is (expected is not None)
 
 
+def test_a_batch_scripts_processes_have_no_place():
+    """sbatch's script runs in Slurm's batch step (id 0xfffffffb in Slurm 22.05): its
+    processes, an MPI singleton among them, were started by no launcher."""
+    batch = {"SLURM_STEP_ID": "4294967291", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "SLURM_JOB_ID": "42"}
+    assert place(batch) is None
+
+
 @pytest.mark.parametrize("tasks, node, expected", [
     ("4", "0", 4), ("2(x3),1", "2", 2), ("2(x3),1", "3", 1), ("2(x3),1", "4", None),
     ("garbage", "0", None), ("2(xa)", "0", None),
@@ -43,3 +51,16 @@ def test_place(env, expected):
 def test_slurm_tasks_on_node(tasks, node, expected):
     assert slurm_tasks_on_node({"SLURM_STEP_TASKS_PER_NODE": tasks, "SLURM_NODEID": node}) \
         == expected
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({**OPENMPI, "PMIX_NAMESPACE": "1107034113"}, "pmix:1107034113"),
+    # the processes one MPI_Comm_spawn starts are a job of their own
+    ({**OPENMPI, "PMIX_NAMESPACE": "1107034114"}, "pmix:1107034114"),
+    ({**SLURM_3_NODES, "SLURM_JOB_ID": "42"}, "slurm:42.0"),
+    (HYDRA, "hydra:0"),
+    ({**HYDRA, "PMI_SPAWNED": "1"}, "hydra:1"),
+    ({"HOME": "/home/u"}, ""),
+])
+def test_job(env, expected):
+    assert job(env) == expected

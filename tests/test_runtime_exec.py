@@ -6,6 +6,7 @@ squashfs images made here with mksquashfs from its root filesystem.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -150,18 +151,37 @@ def test_directory_and_squashfs_images(unprivileged: Unprivileged, busybox_root)
     assert r.stdout == "directory\n", r.stderr
 
 
+def _writer_when_read(fifo: Path, proc: subprocess.Popen) -> int:
+    """The FIFO's write end, once the program in the container has opened it to read: proof
+    that it runs, with no window a slow start could miss."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:  # ENXIO: no reader yet
+            assert err.errno == errno.ENXIO and proc.poll() is None, "the program never read"
+            assert time.monotonic() < deadline, "the program did not start in 60 s"
+            time.sleep(0.02)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, None])
 def test_nothing_left_after_exit_or_signal(unprivileged: Unprivileged, sig):
+    fifo = unprivileged.root / f"hold-{sig or 'exit'}"
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, unprivileged.uid, unprivileged.gid)
     before = HostState.now(unprivileged.uid)
-    proc = unprivileged.popen("exec", str(unprivileged.busybox_sif), "sleep", "60" if sig else "1",
+    # cat reads until the test closes the write end: it exits 0 then, or dies by the signal
+    proc = unprivileged.popen("exec", str(unprivileged.busybox_sif), "cat", str(fifo),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not user_processes(unprivileged.uid, "sleep") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert user_processes(unprivileged.uid, FUSE_SERVER), "no FUSE server while running"
-    if sig:
-        proc.send_signal(sig)
+    writer = _writer_when_read(fifo, proc)
+    try:
+        assert user_processes(unprivileged.uid, FUSE_SERVER), "no FUSE server while running"
+        if sig:
+            proc.send_signal(sig)
+    finally:
+        os.close(writer)
     assert proc.wait(timeout=10) == (-sig if sig else 0)
+    fifo.unlink()
     assert leftovers(unprivileged.uid, before) == {}
 
 
@@ -193,3 +213,23 @@ def test_nv_and_ib_on_a_machine_without_gpu_or_hca(unprivileged: Unprivileged):
                          "echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia* 2>/dev/null | wc -l")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "0"
+
+
+def _mounts_at(mountinfo: str, path: str) -> list[str]:
+    """The devices mounted at ``path``, bottom first."""
+    return [line.split()[2] for line in mountinfo.splitlines() if line.split()[4] == path]
+
+
+def test_dev_shm_mounted_as_on_the_host(unprivileged: Unprivileged):
+    """The host's /dev, bound recursively, brings every mount under it: a host that stacks
+    two tmpfs on /dev/shm (this Debian VM does) shows two in the container too. A minimal
+    /dev binds /dev/shm alone: the one the host sees on top."""
+    with open("/proc/self/mountinfo") as f:
+        host = _mounts_at(f.read(), "/dev/shm")
+    sif = str(unprivileged.busybox_sif)
+    r = unprivileged.run("exec", sif, "cat", "/proc/self/mountinfo")
+    assert r.returncode == 0, r.stderr
+    assert len(_mounts_at(r.stdout, "/dev/shm")) == len(host)
+    r = unprivileged.run("exec", "--contain", sif, "cat", "/proc/self/mountinfo")
+    assert r.returncode == 0, r.stderr
+    assert _mounts_at(r.stdout, "/dev/shm") == host[-1:]

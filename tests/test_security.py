@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUSYBOX_SIF, PYTHON, Unprivileged
+from conftest import BUSYBOX_SIF, HPCRUN, PYTHON, SIF_CORPUS, Unprivileged
+from leftovers import HostState, leftovers
 
 PROGRAMS = {
     "euid": r"""
@@ -542,3 +543,62 @@ def test_another_user_cannot_join_a_node_session(unprivileged: Unprivileged):
     finally:
         rank.communicate("\n", timeout=60)
     assert rank.returncode == 0
+
+
+@pytest.fixture
+def signed_busybox(unprivileged: Unprivileged) -> Iterator[Path]:
+    """Outside /tmp (the session tmpfs covers it while helpers start): a SIF of the busybox
+    root signed with the sylabs/sif unit-test key (fingerprint 12045C8C...), that key as the
+    keyring, a FUSE server that leaves a mark before it serves the image, and an hpcrun
+    started by the venv's Python, as ``make`` installs it: verifying needs pgpy and a
+    newer cryptography than Debian's, which the fixture's system Python lacks."""
+    work = Path(tempfile.mkdtemp(prefix="hpcbind-signer-", dir="/var/tmp"))
+    launcher = work / "hpcrun"
+    launcher.write_text(unprivileged.launcher.read_text().replace(f"#!{PYTHON}",
+                                                                  f"#!{sys.executable}", 1))
+    image, squashfs = work / "busybox.sif", work / "busybox.sqfs"
+    with open(squashfs, "wb") as f:  # the corpus's SIF is signed by a key nobody has
+        subprocess.run([HPCRUN, "sif", "dump", "4", str(BUSYBOX_SIF)], stdout=f, check=True)
+    subprocess.run([HPCRUN, "build", str(image), str(squashfs)], check=True,
+                   capture_output=True)
+    key = SIF_CORPUS / "sylabs-sif" / "keys" / "private.asc"
+    shutil.copyfile(key, work / "keyring.asc")
+    subprocess.run([HPCRUN, "sign", "--key", str(key), str(image)], check=True,
+                   capture_output=True)
+    server = work / "tripwire-squashfuse"
+    server.write_text(f"#!/bin/sh\ntouch {work}/mounted\nexec squashfuse_ll \"$@\"\n")
+    for path in (work, image, work / "keyring.asc", server, launcher):
+        path.chmod(0o755 if path in (work, server, launcher) else 0o644)
+    os.chown(work, unprivileged.uid, unprivileged.gid)
+    yield work
+    shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("allowed, runs", [
+    ("12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84", True),  # the control: the tripwire works
+    ("0000000000000000000000000000000000000000", False),
+])
+def test_unallowed_signer_is_refused_before_anything_is_mounted(
+        unprivileged: Unprivileged, signed_busybox: Path, allowed: str, runs: bool):
+    """An image verified as signed, but by a key the site does not allow, is refused before
+    its FUSE server starts (the tripwire server leaves no mark) and leaves nothing behind.
+    Seen red with the protection removed: with ``check_signers`` moved in ``launch.py`` from
+    before ``assemble`` to after ``prepare`` (the container set up, the image mounted), the
+    refusal still came, but the mark was there."""
+    config = signed_busybox / "hpcbind.toml"
+    config.write_text(f'[trust]\nallowed_signers = ["{allowed}"]\n'
+                      f'keyrings = ["{signed_busybox}/keyring.asc"]\n'
+                      f'[image]\nsquashfuse = "{signed_busybox}/tripwire-squashfuse"\n')
+    config.chmod(0o644)
+    before = HostState.now(unprivileged.uid)
+    r = subprocess.run(unprivileged.command(str(signed_busybox / "hpcrun"), "exec",
+                                            str(signed_busybox / "busybox.sif"), "true",
+                                            env={"HPCBIND_CONFIG": str(config)}),
+                       capture_output=True, text=True, timeout=60, cwd=str(unprivileged.root))
+    assert (signed_busybox / "mounted").exists() is runs, r.stderr
+    if runs:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
+        assert "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84" in r.stderr
+    assert leftovers(unprivileged.uid, before) == {}

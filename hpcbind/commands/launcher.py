@@ -41,8 +41,10 @@ def run(args) -> int:
     # the ranks' argv is public (/proc), their environment is not: see nodesession
     os.environ[SECRET_VARIABLE] = secrets.token_hex(16)
     hpcrun = _hpcrun_path()
-    argv = mpi_launcher.rewrite(line, hpcrun, list(args.flag_tokens), secrets.token_hex(8),
-                                dict(os.environ), _starter_path(hpcrun))
+    argv, added = mpi_launcher.rewrite(line, hpcrun, list(args.flag_tokens),
+                                       secrets.token_hex(8), dict(os.environ),
+                                       _starter_path(hpcrun))
+    os.environ.update(added)
     if args.verbose:
         print("hpcrun:", " ".join(argv), file=sys.stderr)
     os.execv(launcher_path, argv)

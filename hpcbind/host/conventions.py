@@ -25,6 +25,16 @@ def installed_helper(name: str) -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
+def load_site_packages() -> None:
+    """Put site-packages on sys.path where hpcrun's launcher left them out (``python -I -S``
+    spares each MPI rank ~50 ms): for the paths that need third-party modules (discovery's
+    pynvml and pyudev, signatures' pgpy, rich)."""
+    if sys.flags.no_site:
+        import site
+
+        site.main()
+
+
 def user_cache_dir() -> str:
     """hpcbind's cache for this user: ``$HPCRUN_CACHEDIR``, else ``hpcbind`` in
     ``$APPTAINER_CACHEDIR`` (its own directory: 'hpcrun cache clean' leaves Apptainer's

@@ -20,6 +20,7 @@ import os
 from collections import namedtuple
 
 from hpcbind.errors import HpcbindError
+from hpcbind.mpi import rankenv
 
 OPENMPI, MPICH, SLURM = "openmpi", "mpich", "slurm"
 
@@ -120,16 +121,50 @@ def split(argv: list[str]) -> LauncherLine:
 
 
 def rewrite(line: LauncherLine, hpcrun: str, exec_flags: list[str], key: str,
-            env: dict[str, str], starter: str | None) -> list[str]:
+            env: dict[str, str], starter: str | None) -> tuple[list[str], dict[str, str]]:
     """The launcher command that runs every rank through ``hpcrun exec`` in the node session,
     behind ``hpcrun-starter`` (C) when there is one: a rank that finds its node's holder
-    then joins without starting Python (see hpcbind/runtime/starter.c)."""
-    forwarded = [arg for name in sorted(env) if name.startswith(FORWARDED_PREFIXES)
-                 for arg in ENV_FORWARD[line.family](name)]
+    then joins without starting Python (see hpcbind/runtime/starter.c); and the variables
+    to add to the launcher's environment.
+
+    Under Open MPI, that command is the daemons' fork agent, which they put in front of
+    every process they start: the processes MPI_Comm_spawn asks for join the container like
+    the initial ranks. Elsewhere it goes in front of the command, and spawning is refused
+    in the container (``hpcbind.assemble``)."""
+    added = {}
     prefix = [hpcrun, "exec", "--node-session", key, *exec_flags, line.image]
     if starter:
         prefix = [starter, key, str(len(prefix)), *prefix]
-    return [line.launcher, *forwarded, *line.options, *prefix, *line.command]
+    if line.family == OPENMPI:
+        agent = fork_agent(line, prefix, env)
+        added = {rankenv.FORK_AGENT_VARIABLE: "1", "PRTE_MCA_prte_fork_agent": agent}
+        # Open MPI 4's daemons take the agent from mpirun's options (5's, from PRTE_MCA_)
+        options = ["--mca", "orte_fork_agent", agent, *line.options]
+        command = [prefix[0], rankenv.FORK_AGENT_MARK, *line.command]
+    else:
+        options, command = list(line.options), [*prefix, *line.command]
+    forwarded = [arg for name in sorted({**env, **added}) if name.startswith(FORWARDED_PREFIXES)
+                 for arg in ENV_FORWARD[line.family](name)]
+    return [line.launcher, *forwarded, *options, *command], added
+
+
+def fork_agent(line: LauncherLine, prefix: list[str], env: dict[str, str]) -> str:
+    """The prefix as Open MPI's fork agent: one string that Open MPI splits at spaces."""
+    for option in ("orte_fork_agent", "prte_fork_agent"):
+        if option in line.options or any(name.endswith("MCA_" + option) for name in env):
+            raise HpcbindError(f"the job sets Open MPI's {option}, which hpcrun mpirun uses "
+                               "to start ranks in the container",
+                               f"leave {option} unset, or run mpirun [OPTIONS] hpcrun exec "
+                               "IMAGE COMMAND without hpcrun in front")
+    if any(word == "--fork-agent" or word.startswith("--fork-agent=") for word in line.options):
+        raise HpcbindError("the job sets mpirun --fork-agent, which hpcrun mpirun uses to "
+                           "start ranks in the container", "drop --fork-agent")
+    for word in prefix:
+        if not word or any(c.isspace() for c in word):
+            raise HpcbindError(f"{word!r} cannot be part of Open MPI's fork agent, which is "
+                               "split at spaces", "use paths and values without spaces (a "
+                               "symlink to the image or a --bind without spaces)")
+    return " ".join(prefix)
 
 
 def not_an_image_hint(line: LauncherLine) -> str:

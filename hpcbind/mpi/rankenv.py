@@ -13,6 +13,19 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Mapping
 
+# Under Open MPI, hpcrun is the daemons' fork agent, put in front of every process they start,
+# initial ranks and MPI_Comm_spawn's alike. Open MPI insists on a program that exists on the
+# host, so the initial ranks are given as ``HPCRUN-STARTER FORK_AGENT_MARK PROGRAM ...``, the
+# spawned ones as ``/bin/sh FORK_AGENT_MARK PROGRAM ...`` (hpcbind/mpi/spawn.c), and the rank
+# drops those two words (``hpcbind.launch.program``).
+FORK_AGENT_MARK = "--hpcbind-fork-agent"
+SPAWN_COMMANDS = ("/bin/sh",)
+# Set by ``hpcrun mpirun`` when it installs the fork agent: spawned processes then start in
+# the container, and need not be refused (``hpcbind.assemble``'s spawn refusal).
+FORK_AGENT_VARIABLE = "HPCBIND_FORK_AGENT"
+
+_SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
 # Any launcher sets one of these in every rank's environment; a plain shell has none.
 RANK_MARKERS = ("PMIX_RANK", "PMI_FD", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_STEP_ID")
 
@@ -38,11 +51,31 @@ def place(env: Mapping[str, str]) -> Place | None:
         return Place("openmpi", local, _number(env, "OMPI_COMM_WORLD_LOCAL_SIZE"))
     if "PMI_RANK" in env and ("PMI_FD" in env or "MPI_LOCALRANKID" in env):
         return Place("hydra", _number(env, "MPI_LOCALRANKID"), _number(env, "MPI_LOCALNRANKS"))
-    if "SLURM_STEP_ID" in env and (local := _number(env, "SLURM_LOCALID")) is not None:
+    if _srun_step(env) and (local := _number(env, "SLURM_LOCALID")) is not None:
         return Place("slurm", local, slurm_tasks_on_node(env))
     if "PMIX_RANK" in env:
         return Place("pmix", None, None)
     return None
+
+
+def job(env: Mapping[str, str]) -> str:
+    """Which job of the launch this process belongs to: processes that MPI_Comm_spawn starts
+    form a job of their own, with its own local size, beside the initial ranks' job. ""
+    outside a launcher."""
+    if "PMIX_NAMESPACE" in env:  # Open MPI, and srun --mpi=pmix
+        return "pmix:" + env["PMIX_NAMESPACE"]
+    if "SLURM_STEP_ID" in env:
+        return f"slurm:{env.get('SLURM_JOB_ID', '')}.{env['SLURM_STEP_ID']}"
+    if "PMI_RANK" in env:  # Hydra marks the processes it spawns
+        return "hydra:" + env.get("PMI_SPAWNED", "0")
+    return ""
+
+
+def _srun_step(env: Mapping[str, str]) -> bool:
+    """A step of srun's tasks, not the batch script's, interactive or extern step (ids above
+    Slurm's SLURM_MAX_NORMAL_STEP_ID), whose processes no launcher started."""
+    step = _number(env, "SLURM_STEP_ID")
+    return step is not None and step <= _SLURM_MAX_NORMAL_STEP_ID
 
 
 def slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:

@@ -64,12 +64,13 @@ class Request(namedtuple("Request", "pid argv env cwd")):
     __slots__ = ()
 
 
-def join(key: str, expected: int | None, argv: list[str], env: dict[str, str], cwd: str,
-         listener: socket.socket | None, make_container, make_rank) -> None:
+def join(key: str, argv: list[str], env: dict[str, str], cwd: str,
+         listener: socket.socket | None, make_container, make_rank, job_of) -> None:
     """Join (creating if first) the node's container for ``key`` and exec ``argv``.
 
-    expected: how many processes of this launch the node runs (None: unknown, the holder
-    lingers after the last one). Only the holder calls ``make_container()``, which gives the
+    job_of(Request): (job, how many processes of that job this node runs, None where the
+    launcher does not say); the holder stays while any job it has seen still has processes
+    to come (see ``Tally``). Only the holder calls ``make_container()``, which gives the
     container spec to prepare and what it keeps for the ranks (``shared``), and
     ``make_rank(shared, Request)``, which gives a rank's ContainerSpec and the notes to
     print for it. A rank only applies what it is sent, as hpcrun-starter does.
@@ -81,7 +82,7 @@ def join(key: str, expected: int | None, argv: list[str], env: dict[str, str], c
         if listener is None:
             listener = _try_bind(key)
         if listener is not None:
-            _spawn_holder(listener, make_container, make_rank, expected)
+            _spawn_holder(listener, make_container, make_rank, job_of)
             listener = None
         reply = _exchange(key, request)
         if reply is None:
@@ -183,19 +184,18 @@ def _try_bind(key: str) -> socket.socket | None:
     return listener
 
 
-def _spawn_holder(listener: socket.socket, make_container, make_rank,
-                  expected: int | None) -> None:
+def _spawn_holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _holder(listener, make_container, make_rank, expected)
+            _holder(listener, make_container, make_rank, job_of)
         finally:
             os._exit(0)
     listener.close()
     # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
 
 
-def _holder(listener: socket.socket, make_container, make_rank, expected: int | None) -> None:
+def _holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
     os.setsid()  # signals aimed at one rank's process group must not take the node down
     failure = None
     try:
@@ -232,7 +232,7 @@ def _holder(listener: socket.socket, make_container, make_rank, expected: int | 
             return ["error", f"internal error preparing a rank: {err!r}; report it with the "
                              "command line"]
 
-    _serve(listener, answer, fds, expected)
+    _serve(listener, answer, fds, job_of)
 
 
 def _keep_only(*needed: int) -> None:
@@ -248,16 +248,37 @@ def _keep_only(*needed: int) -> None:
         os.closerange(low + 1, high)
 
 
-def _serve(listener: socket.socket, answer, fds: list[int], expected: int | None) -> None:
+class Tally:
+    """Who the holder still waits for, per job: the initial ranks are one job, the processes
+    each MPI_Comm_spawn starts another, with its own local count. A spawned process may
+    arrive before the node's last initial rank has (a parent on another node spawns onto
+    this one while its ranks still start): counted with the initial ranks, it would let the
+    holder leave before the last of them came. One that comes after the holder has left
+    starts a new one, as a node's first rank does."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, list] = {}  # job -> [expected or None, joined]
+
+    def joined(self, job: str, expected: int | None) -> None:
+        entry = self.jobs.setdefault(job, [expected, 0])
+        entry[1] += 1
+
+    def complete(self) -> bool:
+        """Every job seen has had all its processes (a job of unknown size never has)."""
+        return bool(self.jobs) and all(expected is not None and joined >= expected
+                                       for expected, joined in self.jobs.values())
+
+
+def _serve(listener: socket.socket, answer, fds: list[int], job_of) -> None:
     uid = os.getuid()
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
-    ranks: dict[int, int] = {}  # pidfd -> pid
-    joined = 0
+    ranks: set[int] = set()  # pidfds of the processes in the container
+    tally = Tally()
     while True:
-        if joined and not ranks and expected is not None and joined >= expected:
-            return  # every rank of this node came and went
-        if not joined:
+        if not ranks and tally.complete():
+            return  # every process of this node came and went
+        if not tally.jobs:
             timeout = _IDLE_EXIT_S
         elif ranks:
             timeout = None
@@ -270,33 +291,44 @@ def _serve(listener: socket.socket, answer, fds: list[int], expected: int | None
             if fd != listener.fileno():  # a rank exited
                 poller.unregister(fd)
                 os.close(fd)
-                del ranks[fd]
+                ranks.discard(fd)
                 continue
-            conn, _ = listener.accept()
-            with conn:
-                pid, peer_uid = _peer(conn)
-                if peer_uid != uid:
-                    continue
-                joined += 1  # a rank that died waiting for us came and went too
-                try:
-                    pidfd = os.pidfd_open(pid)
-                except OSError:
-                    continue  # it died before we looked
-                # a rank writes its request right after connecting: waiting long means a
-                # stuck or hostile peer, which must not stall the node's other ranks
-                conn.settimeout(_REQUEST_TIMEOUT_S)
-                try:
-                    message = _read_message(conn, with_fds=False)
-                    reply = answer(_request(pid, message[0])) if message else None
-                    if reply is not None:
-                        socket.send_fds(conn, [_pack(reply)], fds if reply[0] == "exec" else [])
-                except (OSError, ValueError):  # it died waiting (EPIPE), or sent garbage
-                    reply = None
-                if reply is None:
-                    os.close(pidfd)
-                    continue
-            ranks[pidfd] = pid
-            poller.register(pidfd, select.POLLIN)
+            pidfd = _accept(listener, uid, answer, fds, job_of, tally)
+            if pidfd is not None:
+                ranks.add(pidfd)
+                poller.register(pidfd, select.POLLIN)
+
+
+def _accept(listener: socket.socket, uid: int, answer, fds: list[int], job_of,
+            tally: Tally) -> int | None:
+    """Answer one connection; the pidfd of the process that joined, or None."""
+    conn, _ = listener.accept()
+    with conn:
+        pid, peer_uid = _peer(conn)
+        if peer_uid != uid:
+            return None
+        # a rank writes its request right after connecting: waiting long means a stuck or
+        # hostile peer, which must not stall the node's other ranks
+        conn.settimeout(_REQUEST_TIMEOUT_S)
+        try:
+            message = _read_message(conn, with_fds=False)
+            request = _request(pid, message[0]) if message else None
+        except (OSError, ValueError):  # it died waiting, or sent garbage
+            return None
+        if request is None:
+            return None
+        tally.joined(*job_of(request))  # a rank that dies waiting for us came and went too
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None  # it died before we looked
+        try:
+            reply = answer(request)
+            socket.send_fds(conn, [_pack(reply)], fds if reply[0] == "exec" else [])
+        except OSError:  # it died waiting (EPIPE)
+            os.close(pidfd)
+            return None
+    return pidfd
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
