@@ -410,24 +410,27 @@ class _OpenHow(ctypes.Structure):
 
 
 _SYS_OPENAT2 = 437  # the same number on every architecture
+_RESOLVE_BENEATH = 0x08
 _RESOLVE_IN_ROOT = 0x10
+_NO_OPENAT2 = (errno.ENOSYS, errno.EPERM)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def kernel_lookup(root_fd: int, destination: str) -> os.stat_result | None:
-    """The file the kernel reaches for ``destination`` as if ``root_fd`` were '/' (openat2
-    RESOLVE_IN_ROOT: absolute links and '..' stay in the root): the reference for where an
-    image's links lead. None where it reaches nothing, or the kernel lacks openat2."""
-    how = _OpenHow(flags=os.O_PATH | os.O_CLOEXEC, resolve=_RESOLVE_IN_ROOT)
+def kernel_lookup(root_fd: int, destination: str,
+                  resolve: int = _RESOLVE_IN_ROOT) -> tuple[os.stat_result | None, int]:
+    """The file the kernel reaches for ``destination`` from ``root_fd`` (openat2), and 0; or
+    None and the errno. RESOLVE_IN_ROOT: as if ``root_fd`` were '/' (absolute links and '..'
+    stay in the root), the reference for where an image's links lead; RESOLVE_BENEATH: a
+    '..' or absolute link that would leave it fails with EXDEV. ENOSYS or EPERM: this kernel
+    (or its seccomp filter) has no openat2."""
+    how = _OpenHow(flags=os.O_PATH | os.O_CLOEXEC, resolve=resolve)
     fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(root_fd),
                        ctypes.c_char_p(destination.encode()), ctypes.byref(how),
                        ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
-        if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM):  # no openat2 here
-            assert ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-        return None
+        return None, ctypes.get_errno()
     try:
-        return os.fstat(fd)
+        return os.fstat(fd), 0
     finally:
         os.close(fd)
 
@@ -441,7 +444,12 @@ def test_destinations_never_leave_the_root(links: list[tuple], path: str, via: i
                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     """Whatever links a hostile image holds (absolute, climbing, looping, naming a host path),
     a bind destination resolves to a path under the image root that crosses no symlink, the
-    file the kernel reaches with the root as '/', or one HpcbindError."""
+    file the kernel reaches with the root as '/' (openat2 RESOLVE_IN_ROOT), nothing where the
+    kernel finds nothing, or one HpcbindError, given only where the kernel stops too (a loop,
+    a name that is no directory) or would leave the root (RESOLVE_BENEATH). Seen red with
+    the protection removed: a resolver refusing every destination fails (the kernel resolves
+    beneath the root what it refused), one that applies '..' lexically fails on '/a/a/a/..'
+    (the kernel: ENOENT)."""
     # Most destinations go through one of the links, so that links are followed often.
     if via is None or not links:
         destination = f"/{path}"
@@ -462,23 +470,37 @@ def test_destinations_never_leave_the_root(links: list[tuple], path: str, via: i
         if os.path.isdir(parent) and os.path.realpath(parent) == parent and \
                 not os.path.lexists(link):
             os.symlink(str(base / "outside") if target == OUTSIDE else target, link)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        reached, error = kernel_lookup(root_fd, "." + destination)
+        beneath_error = kernel_lookup(root_fd, "." + destination, _RESOLVE_BENEATH)[1]
+    finally:
+        os.close(root_fd)
+    if error in _NO_OPENAT2:
+        pytest.skip("no openat2 here: nothing to compare with")
+    assert error in (0, errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
     try:
         resolved = container_path(root, destination)
     except HpcbindError as err:
         assert_user_error(err)
         assert err.what.startswith(f"refusing bind destination {destination}: ")
+        # refused only where the kernel also stops: a loop, or a way out of the root
+        if "too many levels" in err.what:
+            assert error == errno.ELOOP
+        elif "is not a directory of the image" in err.what:
+            assert error in (errno.ENOENT, errno.ENOTDIR)
+        else:
+            assert "climbs above the container root" in err.what
+            assert beneath_error in (errno.EXDEV, errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
         return
     assert resolved == root or resolved.startswith(root + "/")
     assert os.path.realpath(resolved) == resolved  # no link left for the mount to follow
-    if os.path.exists(resolved):
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
-        try:
-            reached = kernel_lookup(root_fd, destination)
-        finally:
-            os.close(root_fd)
-        if reached is not None:
-            assert (reached.st_dev, reached.st_ino) == (os.stat(resolved).st_dev,
-                                                        os.stat(resolved).st_ino)
+    assert error != errno.ELOOP  # what the kernel finds a loop must be refused
+    if reached is not None:  # the same file the kernel reaches
+        assert (reached.st_dev, reached.st_ino) == (os.stat(resolved).st_dev,
+                                                    os.stat(resolved).st_ino)
+    elif error == errno.ENOENT:  # and nothing where the kernel finds nothing
+        assert not os.path.exists(resolved)
 
 
 # ------------------------------------------------------------------------------- env files

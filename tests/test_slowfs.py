@@ -189,8 +189,9 @@ def test_data_reads_are_not_delayed(slow_mount):
     assert b"".join(chunks) == data
     assert counts["read"] >= 100  # the kernel asks for at most 128 KiB a request
     assert counts["metadata"] == counts["lookup"] + counts["getattr"] + counts["open"]
-    # only the open's metadata requests wait: the reads, one delay each, would take seconds
-    assert elapsed - counts["metadata"] * SLOW_US / 1e6 < counts["read"] * SLOW_US / 1e6 / 4
+    # only the open's metadata requests wait: the reads, one delay each, would take >= 12 s;
+    # half that leaves a loaded machine its noise
+    assert elapsed - counts["metadata"] * SLOW_US / 1e6 < counts["read"] * SLOW_US / 1e6 / 2
 
 
 def test_writes_pass_through_undelayed(slow_mount):
@@ -201,7 +202,7 @@ def test_writes_pass_through_undelayed(slow_mount):
     elapsed = time.perf_counter() - start
     assert (backing / "d" / "new").read_bytes() == data
     assert counts["create"] == 1 and counts["write"] >= 8
-    assert elapsed - counts["metadata"] * SLOW_US / 1e6 < counts["write"] * SLOW_US / 1e6 / 4
+    assert elapsed - counts["metadata"] * SLOW_US / 1e6 < counts["write"] * SLOW_US / 1e6 / 2
 
 
 def test_counters_are_dumped_on_sigusr1_and_at_unmount(slowfs, tmp_path):

@@ -106,7 +106,8 @@ def container_path(root: str, destination: str) -> str:
     Symlinks in the image are container-relative: an absolute link target means a path in
     the container, never on the host (Debian's ``/var/run -> /run`` must keep working). Each
     component is resolved by hand against ``root`` (``realpath`` would follow an absolute link
-    onto the host); a ``..`` or relative link that climbs above the root is refused.
+    onto the host); a ``..`` or relative link that climbs above the root is refused, and so
+    is a ``..`` after a name that is not a directory, where the kernel would stop.
     """
     parts = [p for p in destination.split("/") if p not in ("", ".")]
     resolved: list[str] = []
@@ -117,6 +118,10 @@ def container_path(root: str, destination: str) -> str:
             if not resolved:
                 raise _escape(destination, "a '..' or relative symlink climbs above the "
                                            "container root")
+            if not os.path.isdir(os.path.join(root, *resolved)):
+                # the kernel stops there (ENOENT, ENOTDIR): '..' is not lexical in a link
+                raise _escape(destination, f"a '..' follows /{'/'.join(resolved)}, which "
+                                           "is not a directory of the image")
             resolved.pop()
             continue
         here = os.path.join(root, *resolved, part)
