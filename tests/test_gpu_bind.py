@@ -47,11 +47,13 @@ def test_unbound_ranks_share_out_all_gpus(node_plan):
     gpus, hcas = binding.plan_devices(node_plan)
     chosen = [binding.choose("closest", r, 8, gpus, hcas, set(range(8))) for r in range(8)]
     assert [c.gpu.index for c in chosen] == list(range(8))
-    # the HCA sits with the GPU when one does (NUMA 1), else any
-    assert chosen[2].hca.numa == 1 and chosen[3].hca.numa == 1
+    # the HCA sits with the GPU when one does (GPUs 2 and 3 on NUMA 1: mlx5_4-7), else any
+    # (mlx5_0-7); local rank r takes the r-th of its candidates, wrapping round
+    assert [c.hca.name for c in chosen] == ["mlx5_0", "mlx5_1", "mlx5_6", "mlx5_7", "mlx5_4",
+                                            "mlx5_5", "mlx5_6", "mlx5_7"]
     env = dict(binding.choice_env(chosen[3]))
-    assert env == {"CUDA_VISIBLE_DEVICES": "3", "UCX_NET_DEVICES": f"{chosen[3].hca.name}:1",
-                   "NCCL_IB_HCA": f"={chosen[3].hca.name}"}
+    assert env == {"CUDA_VISIBLE_DEVICES": "3", "UCX_NET_DEVICES": "mlx5_7:1",
+                   "NCCL_IB_HCA": "=mlx5_7"}
 
 
 def test_map_and_none(node_plan):

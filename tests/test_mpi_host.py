@@ -3,22 +3,26 @@ Hydra ``mpiexec`` start two ranks here, each runs ``discover`` inside the job (w
 server and its directory are alive and ``PMI_FD`` is open) and also dumps its environment, which
 is then replayed on fixture roots. Every expectation is derived from the rank's own environment.
 
-Slurm is not running on this machine yet: its rank environments are written from
-reference/mpi-fabric-pmi.md §4 (the public ``srun --mpi=pmix`` job dump: PMIX_SERVER_TMPDIR under
-the slurmd spool, PMIx 4.2.9 on 127.0.0.1) and this-machine.md (the SLURM_* a pmix rank sees).
+The same under the suite's real Slurm 22.05 (tests/slurm_cluster.py), ``srun --mpi=pmix`` and
+``--mpi=pmi2``, with literal expectations. The replay cases below it are written from
+reference/mpi-fabric-pmi.md §4 (a public ``srun --mpi=pmix`` job dump of another site: PMIx
+4.2.9, munge, the spmix appdir), which a one-node test cluster cannot show.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from hosts_gpu import unix_socket
+from slurm_cluster import slurm_single  # noqa: F401 (fixture)
 from hpcbind.hostroot import HostRoot
 from hpcbind.mpi.abi import Family
 from hpcbind.mpi.host import (MUNGE_DIR, MUNGE_SOCKET, PROVIDER, Launcher, detect_launcher, discover,
@@ -31,7 +35,8 @@ RANK_SCRIPT = """
 import dataclasses, json, os, sys
 from hpcbind.hostroot import HostRoot
 from hpcbind.mpi.host import discover
-rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ["PMI_RANK"]
+rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") \
+    or os.environ["SLURM_PROCID"]
 part = dataclasses.asdict(discover(HostRoot(), os.environ))
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as out:
     json.dump({"env": dict(os.environ), "part": part}, out)
@@ -194,6 +199,45 @@ def test_launcher_mpi_is_the_launchers_own(captured: list[dict[str, str]]) -> No
     lib = launcher_mpi(HostRoot(), captured[0])
     assert lib.family is (Family.OPENMPI if "OMPI_COMM_WORLD_SIZE" in captured[0] else Family.MPICH)
     assert lib.soname == ("libmpi.so.40" if lib.family is Family.OPENMPI else "libmpich.so.12")
+
+
+# --- Slurm, real ------------------------------------------------------------------------------
+
+def _srun_ranks(cluster, mpi: str) -> list[dict]:
+    out = Path(tempfile.mkdtemp(prefix="srun-ranks-"))  # under /tmp: slurmstepd can enter it
+    try:
+        r = cluster.srun(f"--mpi={mpi}", "-n", "2", sys.executable, "-c", RANK_SCRIPT, str(out),
+                         env={"PYTHONPATH": str(REPO)}, cwd=out, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    finally:
+        shutil.rmtree(out)
+
+
+def test_real_srun_pmix_ranks(slurm_single) -> None:
+    for number, rank in enumerate(_srun_ranks(slurm_single, "pmix")):
+        env, facts = rank["env"], _facts(rank["part"])
+        step = f"{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+        assert (facts["launcher"], facts["rank"], facts["local-rank"], facts["size"]) == (
+            "slurm-pmix", str(number), str(number), "2")
+        assert facts["pmix-version"] == "4.2.2rc2"  # Debian 12's libpmix2, which slurm-wlm uses
+        tmpdir = str(slurm_single.scratch / "spool" / f"pmix.{step}")
+        assert env["PMIX_SERVER_TMPDIR"].rstrip("/") == tmpdir
+        assert [(m["source"], m["rule"], m["options"]) for m in rank["part"]["mounts"]] == [
+            (tmpdir, "pmix-server-tmpdir", ["rw", "nosuid", "nodev"])]
+        assert rank["part"]["checks"] == []
+
+
+def test_real_srun_pmi2_ranks(slurm_single) -> None:
+    for number, rank in enumerate(_srun_ranks(slurm_single, "pmi2")):
+        env, facts = rank["env"], _facts(rank["part"])
+        assert (facts["launcher"], facts["rank"], facts["size"]) == ("slurm-pmi2", str(number),
+                                                                     "2")
+        assert facts["pmi-fd"] == env["PMI_FD"] and env["PMI_FD"].isdigit()
+        assert rank["part"]["mounts"] == []
+        assert [(c["name"], c["status"]) for c in rank["part"]["checks"]] == [("pmi-fd", "ok")]
+        assert [e["name"] for e in rank["part"]["env"]] == _prefixed(env, "SLURM_", "SLURMD_",
+                                                                      "PMI_")
 
 
 # --- Slurm, from the reference -------------------------------------------------------------

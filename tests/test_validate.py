@@ -68,13 +68,24 @@ def test_example_image_initialises_its_mpi(capsys):
     assert out.splitlines()[-1] == "2 passed, 0 failed, 5 skipped"
 
 
+def _host_has(field: str) -> bool:
+    """Whether this host has the hardware, read from the kernel's own files, not through
+    the discovery code under test: NVIDIA's driver lists its GPUs under /proc, AMD's
+    compute node is /dev/kfd, RDMA devices are under /sys/class/infiniband."""
+    if field == "nvidia":
+        return bool(os.listdir("/proc/driver/nvidia/gpus")) \
+            if os.path.isdir("/proc/driver/nvidia/gpus") else False
+    if field == "rocm":
+        return os.path.exists("/dev/kfd")
+    return os.path.isdir("/sys/class/infiniband") and bool(os.listdir("/sys/class/infiniband"))
+
+
 def test_hardware_checks_skip_with_this_hosts_reason(capsys):
-    seen = validate.host_view(HostRoot(), os.environ)
     _, lines, _ = hpcrun_validate(capsys, str(EXAMPLE))
     for name, (field, flag, what) in HARDWARE.items():
         outcome, message = lines[name]
         assert outcome == "SKIP", name
-        expected = (f"not requested: give {flag}" if getattr(seen, field)
+        expected = (f"not requested: give {flag}" if _host_has(field)
                     else f"this host has no {what} (")
         assert message.startswith(expected), (name, message)
 
