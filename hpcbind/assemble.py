@@ -27,7 +27,7 @@ from hpcbind.image.source import ImageKind, ImageSource
 from hpcbind.mpi import rankenv
 from hpcbind.runtime.binds import CREATE, OPTIONAL, Bind, parse_bind_specs
 from hpcbind.runtime.container import SCRATCH_DIRS, ContainerSpec, DeviceBind, Overlay
-from hpcbind.runtime.environment import (PREPEND, ContainerEnv, EnvEdit, container_env,
+from hpcbind.runtime.environment import (PREPEND, UNSET, ContainerEnv, EnvEdit, container_env,
                                          own_values, parse_env_assignments, read_env_file,
                                          split_env_option)
 from hpcbind.runtime.rootfs import RootfsOptions
@@ -204,6 +204,10 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
     spawn = _spawn_library(caller.env, log)
     binds += spawn
     plan_edits += [EnvEdit(PREPEND, "LD_PRELOAD", SPAWN_LIBRARY)] if spawn else []
+    if caller.env.get(rankenv.FORK_AGENT_VARIABLE) == "1":
+        # a rank's own mpirun, in the container, must not take hpcrun's host paths for its
+        # fork agent
+        plan_edits += [EnvEdit(UNSET, name) for name in rankenv.FORK_AGENT_SETTINGS]
     _log_shadowed(binds, log)
 
     spec = ContainerSpec(

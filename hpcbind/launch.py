@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 def run(options: RunOptions, config) -> NoReturn:
     if options.node_session:
-        options = options._replace(argv=program(options.argv))
-        run_rank(options, config)
+        run_rank(options, config)  # returns only when the node's container is out of reach
+        argv, env = started_as(options.argv, os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        options = options._replace(argv=argv)
     caller = _caller(options.fakeroot)
     assembly, plan = _assembled(options, config, caller, refuse_failed=True)
     _show_log(assembly, options)
@@ -58,9 +61,9 @@ def run_rank(options: RunOptions, config) -> None:
 
     def make_rank(shared: dict, request) -> tuple:
         log: list[str] = []
-        spec = rank_spec(options._replace(argv=program(request.argv)), config,
-                         Caller(request.env, request.cwd, caller.home), shared,
-                         rankenv.place(request.env),
+        argv, env = started_as(request.argv, request.env)
+        spec = rank_spec(options._replace(argv=argv), config,
+                         Caller(env, request.cwd, caller.home), shared, rankenv.place(env),
                          lambda: _rank_numa(request.pid, shared["cpulists"]), log)
         return spec, "".join(f"hpcrun: {line}\n" for line in log) if options.verbose else ""
 
@@ -74,15 +77,23 @@ def run_rank(options: RunOptions, config) -> None:
         make_rank=make_rank, job_of=job_of)
 
 
-def program(argv) -> tuple[str, ...]:
-    """A rank's command without the two words that got it past Open MPI's check that the
-    program exists on the host (``rankenv.FORK_AGENT_MARK``): its fork agent, hpcrun, runs
-    what follows them, which need only exist in the image."""
-    if len(argv) > 2 and argv[1] == rankenv.FORK_AGENT_MARK and (
+def started_as(argv, env) -> tuple[tuple[str, ...], dict[str, str]]:
+    """A rank's command and environment as if Open MPI had started its program itself: without
+    the two words that got it past Open MPI's check that the program exists on the host
+    (``rankenv.FORK_AGENT_MARK``; its fork agent, hpcrun, runs what follows them, which need
+    only exist in the image), and with OMPI_COMMAND and OMPI_ARGV naming that program."""
+    if not (len(argv) > 2 and argv[1] == rankenv.FORK_AGENT_MARK and (
             argv[0] in rankenv.SPAWN_COMMANDS
-            or os.path.basename(argv[0]) in ("hpcrun", "hpcrun-starter")):
-        return tuple(argv[2:])
-    return tuple(argv)
+            or os.path.basename(argv[0]) in ("hpcrun", "hpcrun-starter"))):
+        return tuple(argv), dict(env)
+    program = tuple(argv[2:])
+    env = dict(env)
+    if "OMPI_COMMAND" in env:
+        env["OMPI_COMMAND"] = os.path.basename(program[0])
+        env.pop("OMPI_ARGV", None)
+        if len(program) > 1:
+            env["OMPI_ARGV"] = " ".join(program[1:])
+    return program, env
 
 
 def dry_run(options: RunOptions, config) -> Assembly:

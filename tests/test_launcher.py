@@ -83,17 +83,33 @@ def test_fork_agent_conflicts_are_refused(argv, env, message):
 
 
 def test_a_rank_drops_the_fork_agent_mark():
-    from hpcbind.launch import program
+    from hpcbind.launch import started_as
+
+    def program(argv):
+        return started_as(argv, {})[0]
 
     assert program(("/opt/hpcrun-starter", "--hpcbind-fork-agent", "./solver", "-n")) == (
         "./solver", "-n")
     assert program(("/opt/hpcrun", "--hpcbind-fork-agent", "python3")) == ("python3",)
-    # a process MPI_Comm_spawn started has no mark; a program's own options are its own
-    assert program(("python3", "child.py")) == ("python3", "child.py")
     assert program(("/bin/sh", "--hpcbind-fork-agent", "/opt/conda/bin/python")) == (
         "/opt/conda/bin/python",)
+    # a process MPI_Comm_spawn started has no mark; a program's own options are its own
+    assert program(("python3", "child.py")) == ("python3", "child.py")
     assert program(("./solver", "--hpcbind-fork-agent", "x")) == (
         "./solver", "--hpcbind-fork-agent", "x")
+
+
+def test_a_rank_sees_open_mpis_names_of_its_program():
+    """Open MPI names the program it started in OMPI_COMMAND and OMPI_ARGV: the rank sees
+    what a bare run shows ("solver", "-n 3"), not hpcrun-starter and the mark."""
+    from hpcbind.launch import started_as
+
+    env = {"OMPI_COMMAND": "hpcrun-starter", "OMPI_ARGV": "--hpcbind-fork-agent ./solver -n 3"}
+    assert started_as(("/opt/hpcrun-starter", "--hpcbind-fork-agent", "./solver", "-n", "3"),
+                      env)[1] == {"OMPI_COMMAND": "solver", "OMPI_ARGV": "-n 3"}
+    assert started_as(("/opt/hpcrun-starter", "--hpcbind-fork-agent", "/bin/true"),
+                      env)[1] == {"OMPI_COMMAND": "true"}
+    assert started_as(("python3", "x.py"), env)[1] == env
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -69,6 +69,20 @@ def test_spawned_children_run_in_their_parents_container(unprivileged: Unprivile
         assert child == parents[0]
 
 
+@needs_example
+def test_a_rank_sees_what_a_bare_rank_sees_of_its_launch(unprivileged: Unprivileged, staged):
+    """Open MPI names the program in OMPI_COMMAND/OMPI_ARGV (not hpcrun-starter and its
+    mark), and the fork agent does not reach the ranks: their own mpirun, in the container,
+    would otherwise run hpcrun's host paths."""
+    r = unprivileged.run(*OPENMPI, "-np", "1", staged["image"], "env", "-u", "NOTHING",
+                         timeout=120)
+    assert r.returncode == 0, r.stderr
+    env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert (env["OMPI_COMMAND"], env["OMPI_ARGV"]) == ("env", "-u NOTHING")
+    assert "OMPI_MCA_orte_fork_agent" not in env and "PRTE_MCA_prte_fork_agent" not in env
+    assert env["HPCBIND_FORK_AGENT"] == "1"
+
+
 def test_spawned_program_need_only_exist_in_the_image(unprivileged: Unprivileged, mpi_images):
     """Open MPI's daemon looks for a spawned program on the host before it runs the fork
     agent: /usr/local/bin/spawn-check is in the image only, and starts anyway."""

@@ -137,7 +137,7 @@ def rewrite(line: LauncherLine, hpcrun: str, exec_flags: list[str], key: str,
         prefix = [starter, key, str(len(prefix)), *prefix]
     if line.family == OPENMPI:
         agent = fork_agent(line, prefix, env)
-        added = {rankenv.FORK_AGENT_VARIABLE: "1", "PRTE_MCA_prte_fork_agent": agent}
+        added = {rankenv.FORK_AGENT_VARIABLE: "1", rankenv.FORK_AGENT_SETTINGS[1]: agent}
         # Open MPI 4's daemons take the agent from mpirun's options (5's, from PRTE_MCA_)
         options = ["--mca", "orte_fork_agent", agent, *line.options]
         command = [prefix[0], rankenv.FORK_AGENT_MARK, *line.command]
@@ -150,7 +150,8 @@ def rewrite(line: LauncherLine, hpcrun: str, exec_flags: list[str], key: str,
 
 def fork_agent(line: LauncherLine, prefix: list[str], env: dict[str, str]) -> str:
     """The prefix as Open MPI's fork agent: one string that Open MPI splits at spaces."""
-    for option in ("orte_fork_agent", "prte_fork_agent"):
+    for setting in rankenv.FORK_AGENT_SETTINGS:
+        option = setting.split("_MCA_")[1]
         if option in line.options or any(name.endswith("MCA_" + option) for name in env):
             raise HpcbindError(f"the job sets Open MPI's {option}, which hpcrun mpirun uses "
                                "to start ranks in the container",

@@ -23,6 +23,9 @@ SPAWN_COMMANDS = ("/bin/sh",)
 # Set by ``hpcrun mpirun`` when it installs the fork agent: spawned processes then start in
 # the container, and need not be refused (``hpcbind.assemble``'s spawn refusal).
 FORK_AGENT_VARIABLE = "HPCBIND_FORK_AGENT"
+# Where Open MPI 4 and 5 read the fork agent from the environment (mpirun also hands its
+# --mca settings on to the ranks this way)
+FORK_AGENT_SETTINGS = ("OMPI_MCA_orte_fork_agent", "PRTE_MCA_prte_fork_agent")
 
 _SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
 
