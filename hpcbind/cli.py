@@ -73,13 +73,9 @@ def parse(argv: list[str]):
         raise SystemExit(0)
     name = argv[0]
     if name not in HOT_COMMANDS:
-        import tempfile
-
-        from hpcbind.host.conventions import load_site_packages, temp_dir
+        from hpcbind.host.conventions import load_site_packages
 
         load_site_packages()
-
-        tempfile.tempdir = temp_dir()  # APPTAINER_TMPDIR for builds and pulls
     if name not in COMMANDS:
         from hpcbind.commands import launcher  # hpcrun [FLAGS] mpirun|mpiexec|srun ...
 
@@ -93,6 +89,12 @@ def parse(argv: list[str]):
         raise HpcbindError(f"unknown command or launcher {name!r}",
                            "run 'hpcrun --help' for the commands, or give a launcher "
                            "(mpirun, mpiexec, srun) after hpcrun's flags")
+    if name not in HOT_COMMANDS:
+        import tempfile
+
+        from hpcbind.host.conventions import temp_dir
+
+        tempfile.tempdir = temp_dir()  # APPTAINER_TMPDIR for builds and pulls
     module = importlib.import_module(COMMANDS[name][0])
     fast = getattr(module, "parse_fast", None)
     args = fast(global_flags + argv[1:]) if fast else None

@@ -130,15 +130,16 @@ def _is_this_host(name: str) -> bool:
 
 def _preflight(args, line, image) -> None:
     """The plan for the image (GPU/fabric if asked, and the image's MPI) and the MPI family."""
-    from pathlib import Path
-
-    from hpcbind.discover import Request, make_plan
     from hpcbind.image import contents
 
     facts = contents.located_image_facts(image)
     options = container_options.run_options(args, ())  # APPTAINER_NV=1 asks as --nv does
     mpi_host = options.mpi_host
     if options.wants_plan:
+        from pathlib import Path
+
+        from hpcbind.discover import Request, make_plan  # ~14 ms: only when asked for
+
         plan = make_plan(Request(nv=options.nv, rocm=options.rocm, ib=options.ib,
                                  devices=options.devices, mpi_host=mpi_host),
                          image=Path(image.path))

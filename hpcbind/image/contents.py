@@ -23,14 +23,12 @@ import json
 import os
 import posixpath
 import re
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcbind.errors import HpcbindError
-from hpcbind.host.conventions import file_identity_key, natural_key, user_cache_dir
+from hpcbind.host.conventions import file_identity_key, natural_key, temp_dir, user_cache_dir
 from hpcbind.host.elf import ElfInfo, elf_info, max_version
 from hpcbind.host.loader import (LD_SO_CONF, SHARED_OBJECT, glob_in_root, library_dirs,
                                  shipped_libraries)
@@ -147,8 +145,10 @@ def located_image_facts(image: ImageSource) -> ImageFacts:
 
 def image_facts_from_squashfs(path: Path, offset: int = 0) -> ImageFacts:
     """The facts of the squashfs image ``path`` (a SIF's partition when ``offset`` > 0)."""
+    import tempfile  # here: a launch whose image facts are cached never needs it
+
     listing = _list(path, offset)
-    with tempfile.TemporaryDirectory(prefix="hpcbind-facts-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hpcbind-facts-", dir=temp_dir()) as tmp:
         dest = Path(tmp)
         root = HostRoot(dest)
         _skeleton(dest, listing)
@@ -208,6 +208,8 @@ _LISTING_ROOT = "squashfs-root"
 
 
 def _unsquashfs(args: list[str], path: Path, offset: int) -> str:
+    import subprocess
+
     command = ["unsquashfs", "-n", "-o", str(offset), *args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)

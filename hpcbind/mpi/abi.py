@@ -18,16 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING, BinaryIO
 
 from hpcbind.errors import HpcbindError
 from hpcbind.host.elf import elf_info
 from hpcbind.hostroot import HostRoot
 from hpcbind.plan import Check, Status
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 PROVIDER = "mpi.abi"
 
@@ -122,10 +121,6 @@ _SONAME_FAMILIES = (
     ("libmpi.so.12", Family.MPICH, "MPICH"),
 )
 
-# elf_info accepted the file, but its .dynsym or .rodata can still be truncated or lie (an
-# image is untrusted input): then the library is identified by its soname alone.
-_UNREADABLE = (ELFError, OSError, ValueError, IndexError)
-
 _PMIX_BANNER = re.compile(rb"OpenPMIx (\d+\.\d+\.\d+\w*)")  # PMIx >= 4; older ones keep it static
 _RELEASE = re.compile(r"(\d+(?:\.\d+)*)")
 
@@ -163,11 +158,7 @@ def pmix_lib(root: HostRoot, path: str) -> PmixLib | None:
     if info is None:
         return None
     soname = info.soname or PurePosixPath(real).name
-    try:
-        with root.real(real).open("rb") as stream:
-            banner = _PMIX_BANNER.search(_rodata(ELFFile(stream)))
-    except _UNREADABLE:
-        banner = None
+    banner = _PMIX_BANNER.search(_read_elf(root.real(real), symbol=False)[1])
     version = banner.group(1).decode() if banner else ""
     return PmixLib(real, soname, version, _abi(real, soname))
 
@@ -237,13 +228,7 @@ def _matching(root: HostRoot, libraries: Mapping[str, str], patterns: tuple[str,
 
 def _identify(path: Path, soname: str) -> tuple[Family | None, str, str]:
     """(family, vendor, release) of an MPI library file, from its symbols, banners, soname."""
-    try:
-        with path.open("rb") as stream:
-            elf = ELFFile(stream)
-            symbol = _release_symbol(elf, stream)
-            rodata = _rodata(elf)
-    except _UNREADABLE:
-        symbol, rodata = None, b""
+    symbol, rodata = _read_elf(path, symbol=True)
     banner = next(((m, family, vendor) for pattern, family, vendor in _BANNERS
                    if (m := pattern.search(rodata))), None)
     if banner is not None:
@@ -257,8 +242,27 @@ def _identify(path: Path, soname: str) -> tuple[Family | None, str, str]:
     return (by_name[0], by_name[1], "") if by_name else (None, "", "")
 
 
+def _read_elf(path: Path, symbol: bool) -> tuple[tuple[Family, str, str] | None, bytes]:
+    """(the release symbol if asked, .rodata) of a library; (None, b"") where elf_info
+    accepted the file but its .dynsym or .rodata is truncated or lies (an image is untrusted
+    input): the library is then identified by its soname alone. pyelftools is imported
+    here, not with the module: ``hpcrun mpirun`` reads a cached image's facts without it
+    (~17 ms of every launch)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with path.open("rb") as stream:
+            elf = ELFFile(stream)
+            return (_release_symbol(elf, stream) if symbol else None), _rodata(elf)
+    except (ELFError, OSError, ValueError, IndexError):
+        return None, b""
+
+
 def _release_symbol(elf: ELFFile, stream: BinaryIO) -> tuple[Family, str, str] | None:
     """The release string exported under one of ``_RELEASE_SYMBOLS``."""
+    from elftools.elf.sections import SymbolTableSection
+
     dynsym = elf.get_section_by_name(".dynsym")
     if not isinstance(dynsym, SymbolTableSection):
         return None
