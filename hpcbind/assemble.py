@@ -244,7 +244,7 @@ def _spawn_library(env: dict[str, str], log: list[str]) -> list[Bind]:
     container, and is refused in one line under any other launcher, whose daemons would
     start them on the host."""
     if rankenv.place(env) is None:
-        return []  # a singleton's spawns come from the daemon it forks, in the container
+        return []  # no launcher's daemon to fear: a singleton's daemon would be in here
     library = installed_helper("hpcbind-spawn.so")
     if env.get(rankenv.FORK_AGENT_VARIABLE) == "1":
         effect = "starts its processes in the container (hpcrun is mpirun's fork agent)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -105,6 +106,23 @@ def test_mpi4py_futures_pool_works_in_the_container(unprivileged: Unprivileged, 
     assert pool["values"] == [i * i for i in range(8)]
     assert pool["workers"] == 2
     assert pool["namespaces"] == [pool["parent"]] and pool["parent"] != host_namespace()
+
+
+@needs_example
+def test_a_singleton_cannot_spawn_as_under_apptainer(unprivileged: Unprivileged, staged):
+    """No launcher: Open MPI 4.1's singleton starts no daemon to spawn with when
+    SINGULARITY_CONTAINER is set (hpcrun sets it, as Apptainer does), bare as in here."""
+    script = f"{staged['dir']}/spawn_report.py"
+    r = unprivileged.run("exec", staged["image"], "python3", script, "1", timeout=120)
+    assert r.returncode != 0 and "MPI_ERR_SPAWN" in r.stderr, r.stderr[-2000:]
+    bare = subprocess.run(unprivileged.command("python3", script, "1"), capture_output=True,
+                          text=True, timeout=120, cwd=str(unprivileged.root))
+    assert bare.returncode == 0 and "report " in bare.stdout, bare.stderr[-2000:]
+    marked = subprocess.run(unprivileged.command("python3", script, "1",
+                                                 env={"SINGULARITY_CONTAINER": "/x"}),
+                            capture_output=True, text=True, timeout=120,
+                            cwd=str(unprivileged.root))
+    assert marked.returncode != 0 and "MPI_ERR_SPAWN" in marked.stderr
 
 
 # --- refused where the launcher's daemons would start them on the host ------------------------
