@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -176,5 +177,6 @@ def test_mpi4py_suite_in_the_example_image(unprivileged: Unprivileged, staged):
                          "test_spawn", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stderr.count("\nOK") == 2, r.stderr[-3000:]
-    ran = [int(line.split()[1]) for line in r.stderr.splitlines() if line.startswith("Ran ")]
+    # the two ranks' progress dots interleave on one stderr: a "Ran" line may follow a dot
+    ran = [int(n) for n in re.findall(r"Ran (\d+) tests", r.stderr)]
     assert len(ran) == 2 and min(ran) > 1000, r.stderr[-3000:]  # 1,000s of tests, each rank
