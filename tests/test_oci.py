@@ -452,3 +452,19 @@ def test_mpi_ranks_from_a_pulled_debian_image(unprivileged: Unprivileged, regist
                          "/.singularity.d/runscript", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(r.stdout.splitlines()) == [f"{rank} 4 10" for rank in range(4)]
+
+
+@pytest.mark.parametrize("port, words", [
+    (40483, "TLS certificate is not trusted"),  # "404" in the port is no HTTP status
+    (40123, "TLS certificate is not trusted"),  # nor "401"
+    (5000, "TLS certificate is not trusted"),
+])
+def test_a_registrys_port_is_not_read_as_an_http_status(port, words):
+    """Seen in a CI run: skopeo's x509 message for a registry on port 40483 was reported as
+    'no such image' (the pattern's '404' matched the port)."""
+    reference = oci.parse(f"docker://127.0.0.1:{port}/private/wo:1")
+    stderr = (f'time="2026-12-06T03:55:00Z" level=fatal msg="Error parsing image name '
+              f'\\"docker://127.0.0.1:{port}/private/wo:1\\": pinging container registry '
+              f'127.0.0.1:{port}: Get \\"https://127.0.0.1:{port}/v2/\\": x509: certificate '
+              f'signed by unknown authority"\n')
+    assert words in str(oci.failure("skopeo", reference, stderr))

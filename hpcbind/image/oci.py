@@ -201,11 +201,12 @@ def _json(data: bytes, what: str) -> dict:
 _FAILURES: tuple[tuple[str, str, str], ...] = (
     (r"no space left on device", "the disk is full",
      "free space in the cache ($HPCRUN_CACHEDIR, 'hpcrun cache clean') and in $TMPDIR"),
-    (r"unauthorized|authentication required|denied|401",
+    # HTTP statuses as whole numbers: a registry on port 40123 or 40483 is not one
+    (r"unauthorized|authentication required|denied|\b401\b",
      "the registry refused the credentials",
      "log in with --docker-login, $APPTAINER_DOCKER_USERNAME/_PASSWORD or "
      "~/.docker/config.json"),
-    (r"manifest unknown|name unknown|not found|no such file|does not exist|404",
+    (r"manifest unknown|name unknown|not found|no such file|does not exist|\b404\b",
      "no such image, tag or file", "check the name and tag (or path)"),
     (r"http response to https client", "the registry speaks plain HTTP", "add --no-https"),
     (r"x509|certificate|tls:", "the registry's TLS certificate is not trusted",
