@@ -204,7 +204,7 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
     spawn = _spawn_library(caller.env, log)
     binds += spawn
     plan_edits += [EnvEdit(PREPEND, "LD_PRELOAD", SPAWN_LIBRARY)] if spawn else []
-    if caller.env.get(rankenv.FORK_AGENT_VARIABLE) == "1":
+    if rankenv.under_fork_agent(caller.env):
         # a rank's own mpirun, in the container, must not take hpcrun's host paths for its
         # fork agent
         plan_edits += [EnvEdit(UNSET, name) for name in rankenv.FORK_AGENT_SETTINGS]
@@ -246,7 +246,7 @@ def _spawn_library(env: dict[str, str], log: list[str]) -> list[Bind]:
     if rankenv.place(env) is None:
         return []  # no launcher's daemon to fear: a singleton's daemon would be in here
     library = installed_helper("hpcbind-spawn.so")
-    if env.get(rankenv.FORK_AGENT_VARIABLE) == "1":
+    if rankenv.under_fork_agent(env):
         effect = "starts its processes in the container (hpcrun is mpirun's fork agent)"
     else:
         effect = "refused: this launcher would start the processes on the host"

@@ -66,6 +66,11 @@ class Unprivileged:
                                                      f"--regid={self.gid}", "--clear-groups"]
         return prefix + ["env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *argv]
 
+    def launcher_run_by(self, python: str, path: Path) -> Path:
+        """Another hpcrun launcher of this copy of the package, at ``path``, started by
+        ``python`` (a Python the user owns, the venv's)."""
+        return write_launcher(path, self.root / "pkg", python)
+
     def rank_command(self, via: str, key: str, *args: str) -> list[str]:
         """A rank as hpcrun mpirun|srun start it, ``hpcrun exec --node-session KEY ARGS``,
         ARGS being the image and the command: straight ("python"), or behind
@@ -77,6 +82,14 @@ class Unprivileged:
 
     def popen(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args, env=env), cwd=str(self.root), **kw)
+
+
+def write_launcher(path: Path, package: Path, python: str) -> Path:
+    """An hpcrun launcher at ``path``: ``python`` runs hpcbind from ``package``, as
+    scripts/hpcrun.in does from the checkout."""
+    path.write_text(f"#!{python} -IS\nimport sys\nsys.path.insert(0, {str(package)!r})\n"
+                    "from hpcbind.cli import main\nsys.exit(main())\n")
+    return path
 
 
 # tests/data holds other projects' files, mpi4py's own test suite among them: data, run by
@@ -123,9 +136,7 @@ def unprivileged(data: Path) -> Iterator[Unprivileged]:
     for module in PURE_PYTHON_DEPENDENCIES:  # the launcher's preflight reads ELF files
         source = Path(importlib.import_module(module).__path__[0])
         shutil.copytree(source, root / "pkg" / module, ignore=shutil.ignore_patterns("__pycache__"))
-    launcher = root / "hpcrun"
-    launcher.write_text(f"#!{PYTHON} -IS\nimport sys\nsys.path.insert(0, {str(root / 'pkg')!r})\n"
-                        "from hpcbind.cli import main\nsys.exit(main())\n")
+    launcher = write_launcher(root / "hpcrun", root / "pkg", PYTHON)
     build_helpers(root)
     sif = root / "busybox.sif"
     shutil.copyfile(BUSYBOX_SIF, sif)

@@ -2,10 +2,10 @@
 
 An image holds ``tests/mpi/mpi_check.c`` and ``tests/mpi/spawn_check.c`` compiled with the
 family's ``mpicc`` at ``/usr/local/bin/mpi-check`` and ``spawn-check``, every library ``ldd``
-lists for them (and the dynamic loader),
-and the directories the MPI library loads plugins from. It is a real root filesystem the
-container runtime mounts like any other; only its size differs from the example image's
-(which takes a 7-minute debootstrap and is used where Python/mpi4py is needed).
+lists for them (and the dynamic loader), and the directories the MPI library loads plugins
+from. It is a real root filesystem the container runtime mounts like any other; only its
+size differs from the example image's (which takes a 7-minute debootstrap and is used where
+Python/mpi4py is needed).
 """
 
 from __future__ import annotations

@@ -382,8 +382,7 @@ def own_interpreter(unprivileged: Unprivileged) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(prefix="own-python-", dir=unprivileged.root))
     python = scratch / "python3"
     shutil.copy(os.path.realpath(PYTHON), python)
-    launcher = scratch / "hpcrun"
-    launcher.write_text(unprivileged.launcher.read_text().replace(f"#!{PYTHON}", f"#!{python}", 1))
+    launcher = unprivileged.launcher_run_by(str(python), scratch / "hpcrun")
     for path in (scratch, python, launcher):
         path.chmod(0o755)
         os.chown(path, unprivileged.uid, unprivileged.gid)
@@ -553,9 +552,7 @@ def signed_busybox(unprivileged: Unprivileged) -> Iterator[Path]:
     started by the venv's Python, as ``make`` installs it: verifying needs pgpy and a
     newer cryptography than Debian's, which the fixture's system Python lacks."""
     work = Path(tempfile.mkdtemp(prefix="hpcbind-signer-", dir="/var/tmp"))
-    launcher = work / "hpcrun"
-    launcher.write_text(unprivileged.launcher.read_text().replace(f"#!{PYTHON}",
-                                                                  f"#!{sys.executable}", 1))
+    launcher = unprivileged.launcher_run_by(sys.executable, work / "hpcrun")
     image, squashfs = work / "busybox.sif", work / "busybox.sqfs"
     with open(squashfs, "wb") as f:  # the corpus's SIF is signed by a key nobody has
         subprocess.run([HPCRUN, "sif", "dump", "4", str(BUSYBOX_SIF)], stdout=f, check=True)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 # initial ranks and MPI_Comm_spawn's alike. Open MPI insists on a program that exists on the
 # host, so the initial ranks are given as ``HPCRUN-STARTER FORK_AGENT_MARK PROGRAM ...``, the
 # spawned ones as ``/bin/sh FORK_AGENT_MARK PROGRAM ...`` (hpcbind/mpi/spawn.c), and the rank
-# drops those two words (``hpcbind.launch.program``).
+# drops those two words (``hpcbind.launch.started_as``).
 FORK_AGENT_MARK = "--hpcbind-fork-agent"
 SPAWN_COMMANDS = ("/bin/sh",)
 # Set by ``hpcrun mpirun`` when it installs the fork agent: spawned processes then start in
@@ -59,6 +59,11 @@ def place(env: Mapping[str, str]) -> Place | None:
     if "PMIX_RANK" in env:
         return Place("pmix", None, None)
     return None
+
+
+def under_fork_agent(env: Mapping[str, str]) -> bool:
+    """Whether ``hpcrun mpirun`` made hpcrun the fork agent of this process's launcher."""
+    return env.get(FORK_AGENT_VARIABLE) == "1"
 
 
 def job(env: Mapping[str, str]) -> str:

@@ -9,7 +9,7 @@
  * that the spawned program exists on the host, which a program of the image need not (nor
  * the image's Python, at /opt/conda/bin/python say). So the command is rewritten to
  * `/bin/sh --hpcbind-fork-agent COMMAND ARGS...`: /bin/sh is on every host, and the rank's
- * hpcrun drops those two words (hpcbind.launch.program) and runs COMMAND in the container.
+ * hpcrun drops those two words (hpcbind.launch.started_as) and runs COMMAND in the container.
  *
  * MPICH's Hydra and Slurm's srun fork spawned processes from their own daemons, with no fork
  * agent: there spawning is refused, with one line on stderr and exit status 255.
@@ -23,7 +23,7 @@
 
 #define FORK_AGENT_VARIABLE "HPCBIND_FORK_AGENT" /* rankenv.FORK_AGENT_VARIABLE */
 #define FORK_AGENT_MARK "--hpcbind-fork-agent"   /* rankenv.FORK_AGENT_MARK */
-#define HOST_COMMAND "/bin/sh"                   /* hpcbind.launch.program */
+#define HOST_COMMAND "/bin/sh"                   /* rankenv.SPAWN_COMMANDS */
 #define STDERR 2
 #define EXIT_CODE 255
 #define RTLD_DEFAULT ((void *)0)
@@ -91,14 +91,14 @@ static void refuse(const char *why)
         syscall3(SYS_EXIT_GROUP, EXIT_CODE, 0, 0);
 }
 
-static int through_fork_agent(void)
+/* rankenv.under_fork_agent, else refused */
+static void require_fork_agent(void)
 {
     const char *value = getenv ? getenv(FORK_AGENT_VARIABLE) : 0;
     if (!value || value[0] != '1' || value[1])
         refuse("its launcher (MPICH's Hydra or srun) would start the new processes on the "
                "host, outside the container; launch the job with hpcrun mpirun of Open MPI, "
                "which starts them in the container\n");
-    return 1;
 }
 
 /* The MPI library's PMPI_ function: in the global scope when the program links the library,
@@ -149,7 +149,7 @@ static int at_root(void *comm, int root, const void *caller)
 int MPI_Comm_spawn(const char *command, char **argv, int maxprocs, void *info, int root,
                    void *comm, void **intercomm, int *errcodes)
 {
-    through_fork_agent();
+    require_fork_agent();
     const void *caller = __builtin_return_address(0);
     spawn_fn *spawn = (spawn_fn *)real("PMPI_Comm_spawn", caller);
     int rewrite = at_root(comm, root, caller) && command;
@@ -164,7 +164,7 @@ int MPI_Comm_spawn_multiple(int count, char **commands, char ***argvs, const int
                             void **infos, int root, void *comm, void **intercomm,
                             int *errcodes)
 {
-    through_fork_agent();
+    require_fork_agent();
     const void *caller = __builtin_return_address(0);
     spawn_multiple_fn *spawn = (spawn_multiple_fn *)real("PMPI_Comm_spawn_multiple", caller);
     int rewrite = at_root(comm, root, caller) && count > 0 && commands, total = 0;
