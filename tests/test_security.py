@@ -364,6 +364,13 @@ echo tried
 """
 
 
+def _executable(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 def overwrite_attempts(report: Path) -> list[str]:
     """The attack's report once every process it targeted is gone and was written (or not)."""
     deadline = time.monotonic() + 60
@@ -407,6 +414,11 @@ def test_runtime_cannot_be_overwritten_through_proc(unprivileged: Unprivileged, 
     os.chown(control, unprivileged.uid, unprivileged.gid)
     victim = subprocess.Popen(unprivileged.command(str(control), "-c", "input()"),
                               stdin=subprocess.PIPE, text=True)
+    # setpriv and env exec the interpreter in turn: the attack must find it already there
+    deadline = time.monotonic() + 30
+    while _executable(victim.pid) != str(control) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _executable(victim.pid) == str(control), "the control interpreter did not start"
     report = unprivileged.root / "control-report"
     subprocess.run(unprivileged.command("sh", str(script), str(report)), check=True)
     victim.communicate("\n", timeout=60)
