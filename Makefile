@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc make squashfuse squashfs-tools fuse
 	openmpi-bin libopenmpi-dev mpich libmpich-dev slurm-wlm munge rdma-core libibverbs-dev \
 	ibverbs-providers hwloc charliecloud python3-mpi4py libfuse3-dev libsquashfuse-dev debootstrap lz4 zstd pciutils util-linux \
 	uidmap fakeroot libcap2-bin skopeo umoci docker-registry \
-	e2fsprogs fuse2fs
+	e2fsprogs fuse2fs fuse-overlayfs
 
 STARTER := $(VENV)/bin/hpcrun-starter
 SQUASHFS_SERVER := $(VENV)/bin/hpcbind-squashfuse

@@ -149,10 +149,18 @@ def stopped_after(unprivileged: Unprivileged, args: tuple[str, ...], log: list[b
         os.close(read_end)
 
 
-def test_killed_after_each_step_of_its_set_up(unprivileged: Unprivileged):
+@pytest.mark.parametrize("overlay", ("", "ext3 image"))
+def test_killed_after_each_step_of_its_set_up(unprivileged: Unprivileged, workdir: Path,
+                                              overlay: str):
     """From the image mounted (FUSE server serving, overlay on it) to the last bind. (The
-    apply log, printed before anything is set up, comes first.)"""
-    args = ("exec", "-v", str(unprivileged.busybox_sif), "true")
+    apply log, printed before anything is set up, comes first.) With a writable ext3
+    overlay (fuse2fs and fuse-overlayfs), the image is left clean each time."""
+    layer = workdir / "overlay.img"
+    if overlay:
+        r = unprivileged.run("overlay", "create", "--size", "16", "--sparse", str(layer))
+        assert r.returncode == 0, r.stderr
+    args = ("exec", "-v", *(("--overlay", str(layer)) if overlay else ()),
+            str(unprivileged.busybox_sif), "true")
     reference = unprivileged.run(*args)
     assert reference.returncode == 0, reference.stderr
     log = [line.encode() for line in reference.stderr.splitlines(keepends=True)]
@@ -164,6 +172,9 @@ def test_killed_after_each_step_of_its_set_up(unprivileged: Unprivileged):
             proc.kill()
             assert proc.wait(timeout=10) == -signal.SIGKILL
         assert leftovers(unprivileged.uid, before) == {}, line
+        if overlay:  # its servers have gone (no leftovers): fuse2fs has written back
+            r = subprocess.run(["e2fsck", "-fn", str(layer)], capture_output=True, text=True)
+            assert r.returncode == 0, (line, r.stdout)
 
 
 def test_killed_while_its_fuse_server_starts(unprivileged: Unprivileged, workdir: Path):

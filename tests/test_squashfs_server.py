@@ -1,20 +1,24 @@
 """hpcbind-squashfuse (hpcbind/runtime/squashfs_server.c): the image's FUSE server for
 plain users. It must show the same tree as squashfuse_ll, and leave to the kernel what
-squashfuse_ll makes every rank ask again: opens, directory opens and symlinks.
+squashfuse_ll makes every rank ask again: opens, directory opens and symlinks. Its extended
+attributes are named as the kernel's squashfs names them.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import pwd
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Unprivileged
+from conftest import PYTHON, Unprivileged
+from hpcbind.image.sif import SifImage
 
 # every path of the image with its type, mode, size, link target or content checksum
 INVENTORY = r"""
@@ -100,3 +104,45 @@ def test_a_bad_command_line_is_refused(unprivileged: Unprivileged):
         # libsquashfuse says why it cannot open an image on a line of its own, first
         assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(
             "hpcbind-squashfuse: "), (argv, r)
+
+
+# what the kernel's squashfs shows on every file of the busybox image, built by Singularity
+# 3.8.1 on an SELinux host (mount -t squashfs -o loop,offset=N; os.listxattr, os.getxattr)
+KERNEL_XATTRS = {"security.selinux": "unconfined_u:object_r:user_home_t:s0\x00"}
+READ_XATTRS = """
+import json, os, sys
+print(json.dumps({p: {n: os.getxattr(p, n, follow_symlinks=False).decode()
+                      for n in os.listxattr(p, follow_symlinks=False)} for p in sys.argv[1:]}))
+"""
+
+
+def test_extended_attributes_as_the_kernel_names_them(unprivileged: Unprivileged, logdir: Path):
+    """libsquashfuse before 0.4 (Debian 12's) swaps the trusted. and security. prefixes
+    (vasi/squashfuse#83): squashfuse_ll lists "trusted.selinux" here, which a plain user
+    cannot read, and fuse-overlayfs failed every copy-up from the image with ENODATA."""
+    mountpoint = logdir / "mnt"
+    mountpoint.mkdir()
+    shutil.chown(mountpoint, unprivileged.uid, unprivileged.gid)
+    with SifImage.open(unprivileged.busybox_sif) as image:
+        offset = image.primary_partition().offset
+    server = subprocess.Popen(unprivileged.command(
+        str(unprivileged.root / "hpcbind-squashfuse"), "-o", f"offset={offset}",
+        str(unprivileged.busybox_sif), str(mountpoint)), stderr=subprocess.PIPE, text=True)
+    try:
+        paths = [str(mountpoint / p) for p in ("", "bin", "bin/busybox", "bin/sh")]
+        r = None
+        for _ in range(100):  # until the server has mounted
+            r = subprocess.run(unprivileged.command(PYTHON, "-c", READ_XATTRS, *paths),
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode == 0 and json.loads(r.stdout)[paths[0]]:
+                break
+            time.sleep(0.05)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {p: KERNEL_XATTRS for p in paths}
+        r = subprocess.run(unprivileged.command(PYTHON, "-c", "import os, sys\n"
+                                                "os.getxattr(sys.argv[1], 'trusted.selinux')",
+                                                paths[1]), capture_output=True, text=True)
+        assert "No data available" in r.stderr
+    finally:
+        subprocess.run(unprivileged.command("fusermount3", "-u", str(mountpoint)))
+        assert server.wait(timeout=10) == 0, server.stderr.read()

@@ -191,11 +191,17 @@ def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
         linux.mount(lower, root, None, linux.MS_BIND | linux.MS_REC)
         return f"{how}, read-write (--writable)"
     lowers, persistent = overlays.mount_layers(layers, SESSION)
+    lowerdir = ":".join([*reversed(lowers), lower])  # overlayfs lists the top layer first
+    how += "".join(f", {layer.describe()}" for layer in layers)
+    writable_image = overlays.fuse_upper(layers)
+    if writable_image:  # all its files are the caller's: no directories to claim
+        overlays.mount_fuse_root(root, lowerdir, writable_image,
+                                 overlays.layer_directory(SESSION, layers, writable_image))
+        return how + ", by fuse-overlayfs"
     if persistent:
         upper, work = persistent
     _claim_parents(lower, upper, _mount_points(spec))
     _claim_scratch(spec, lower, upper)
-    lowerdir = ":".join([*reversed(lowers), lower])  # overlayfs lists the top layer first
     try:
         linux.mount("hpcbind", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV,
                     f"lowerdir={lowerdir},upperdir={upper},workdir={work},userxattr")
@@ -206,7 +212,7 @@ def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
                                "filesystem (ext4, xfs), not NFS or Lustre") from None
         raise HpcbindError(f"can't create the writable session layer (overlay): {err.strerror}",
                            "hpcrun needs Linux >= 5.11 for overlayfs in a user namespace") from None
-    return how + "".join(f", {layer.describe()}" for layer in layers)
+    return how
 
 
 def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:

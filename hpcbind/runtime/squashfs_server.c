@@ -17,11 +17,17 @@
  *   - symlink targets are cached in the page cache (FUSE_CAP_CACHE_SYMLINKS).
  * Reads and directory listings then find their inode from the request's inode number
  * instead of a handle made at open.
+ *
+ * Extended attributes are named here too: libsquashfuse before 0.4 (Debian 12 has 0.1.105)
+ * swaps the "trusted." and "security." prefixes (vasi/squashfuse#83), so an image built on
+ * an SELinux host listed "trusted.selinux", which no plain user may read, and fuse-overlayfs
+ * failed every copy-up from it with ENODATA.
  */
 #define FUSE_USE_VERSION 32
 #include <errno.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <squashfuse/ll.h>
+#include <squashfuse/xattr.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +84,99 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct fuse_file_info handle = *fi;
     handle.fh = (uintptr_t)&lli;
     sqfs_ll_op_readdir(req, ino, size, off, &handle);
+}
+
+/* squashfs_fs.h's SQUASHFS_XATTR_USER, _TRUSTED, _SECURITY, as the kernel names them */
+static const char *const xattr_prefixes[] = {"user.", "trusted.", "security."};
+
+/* Each of ino's attributes in turn, with its full name in name (at most 255 bytes plus
+ * the longest prefix); a callback that returns nonzero stops the walk. */
+typedef int (*xattr_visit)(sqfs_xattr *x, const char *name, void *data);
+
+static sqfs_err walk_xattrs(fuse_req_t req, fuse_ino_t ino, xattr_visit visit, void *data)
+{
+    sqfs_ll_i lli;
+    sqfs_xattr x;
+    char name[256 + 16];
+    if (sqfs_ll_iget(req, &lli, ino) != SQFS_OK)
+        return SQFS_ERR; /* answered ENOENT */
+    if (sqfs_xattr_open(&lli.ll->fs, &lli.inode, &x) != SQFS_OK)
+        goto failed;
+    while (x.remain) {
+        if (sqfs_xattr_read(&x) != SQFS_OK || x.type >= 3)
+            goto failed;
+        /* the bare name's length: sqfs_xattr_name_size adds the library's prefix */
+        size_t prefix = strlen(xattr_prefixes[x.type]), length = x.entry.size;
+        memcpy(name, xattr_prefixes[x.type], prefix);
+        if (length > 255 || sqfs_xattr_name(&x, name + prefix, false) != SQFS_OK)
+            goto failed;
+        name[prefix + length] = '\0';
+        if (visit(&x, name, data))
+            return SQFS_OK;
+    }
+    return SQFS_OK;
+failed:
+    fuse_reply_err(req, EIO);
+    return SQFS_ERR;
+}
+
+struct name_list { char *buf; size_t size, used; };
+
+static int list_name(sqfs_xattr *x, const char *name, void *data)
+{
+    (void)x;
+    struct name_list *list = data;
+    size_t length = strlen(name) + 1;
+    if (list->buf && list->used + length <= list->size)
+        memcpy(list->buf + list->used, name, length);
+    list->used += length;
+    return 0;
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    char buf[size ? size : 1];
+    struct name_list list = {size ? buf : NULL, size, 0};
+    if (walk_xattrs(req, ino, list_name, &list) != SQFS_OK)
+        return;
+    if (!size)
+        fuse_reply_xattr(req, list.used);
+    else if (list.used > size)
+        fuse_reply_err(req, ERANGE);
+    else
+        fuse_reply_buf(req, buf, list.used);
+}
+
+struct wanted { const char *name; fuse_req_t req; size_t size; int answered; };
+
+static int answer_value(sqfs_xattr *x, const char *name, void *data)
+{
+    struct wanted *wanted = data;
+    size_t size;
+    if (strcmp(name, wanted->name) != 0)
+        return 0;
+    wanted->answered = 1;
+    if (sqfs_xattr_value_size(x, &size) != SQFS_OK) {
+        fuse_reply_err(wanted->req, EIO);
+    } else if (!wanted->size) {
+        fuse_reply_xattr(wanted->req, size);
+    } else if (size > wanted->size) {
+        fuse_reply_err(wanted->req, ERANGE);
+    } else {
+        char value[size ? size : 1];
+        if (sqfs_xattr_value(x, value) != SQFS_OK)
+            fuse_reply_err(wanted->req, EIO);
+        else
+            fuse_reply_buf(wanted->req, value, size);
+    }
+    return 1;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct wanted wanted = {name, req, size, 0};
+    if (walk_xattrs(req, ino, answer_value, &wanted) == SQFS_OK && !wanted.answered)
+        fuse_reply_err(req, ENODATA);
 }
 
 static void op_no_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -145,8 +244,8 @@ int main(int argc, char **argv)
         .readdir = op_readdir,
         .releasedir = op_no_release,
         .statfs = stfs_ll_op_statfs,
-        .getxattr = sqfs_ll_op_getxattr,
-        .listxattr = sqfs_ll_op_listxattr,
+        .getxattr = op_getxattr,
+        .listxattr = op_listxattr,
     };
     struct fuse_args args = FUSE_ARGS_INIT(fuse_argv[1] ? 2 : 1, fuse_argv);
     struct fuse_session *session = fuse_session_new(&args, &ops, sizeof ops, ll);
