@@ -158,17 +158,18 @@ def test_stacked_read_only_layers(unprivileged: Unprivileged, overlay_dir: Path,
         assert r.stdout == "upper\n"
 
 
-def test_one_writer_at_a_time(unprivileged: Unprivileged, overlay_dir: Path):
+@pytest.mark.parametrize("kind", ("directory", "ext3 image"))
+def test_one_writer_at_a_time(unprivileged: Unprivileged, overlay_dir: Path,
+                              overlay_img: Path, kind: str):
     """A second container is refused the overlay a first one writes, read-only too (after
     overlays.LOCK_WAIT_S); once the first has exited, the next one gets it and sees its
     writes."""
-    overlay, sif = str(overlay_dir), str(unprivileged.busybox_sif)
+    overlay = str(overlay_dir if kind == "directory" else overlay_img)
+    sif = str(unprivileged.busybox_sif)
     holder = unprivileged.popen("exec", "--overlay", overlay, sif, "sh", "-c",
-                                "echo first > /owner; sleep 10", stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not (overlay_dir / "upper" / "owner").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+                                "echo first > /owner; echo ready; sleep 10",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "ready\n", holder.stderr.read()
     for mode in ("", ":ro"):
         r = unprivileged.run("exec", "--overlay", overlay + mode, sif, "sh", "-c",
                              "echo second > /owner")
