@@ -58,7 +58,39 @@ def run_rank(options: RunOptions, config) -> None:
 
     listener = nodesession.inherited_listener()  # before the environment is read
     caller = _caller()
+    nodesession.join(options.node_session, list(options.argv), caller.env, caller.cwd,
+                     listener, *_holder_steps(options, config, caller))
 
+
+def prestart_holder(key: str, rank_options) -> None:
+    """``hpcrun mpirun`` under Open MPI, about to exec mpirun: this node's holder, started
+    now so that its imports overlap mpirun's start-up instead of delaying the first rank
+    (benchmarks/launch/README.md). It sets the container up for the first rank that comes,
+    with the options that rank's command line gives (``rank_options(argv)``), its
+    environment and directory, as that rank would have."""
+    from hpcbind.runtime import nodesession
+
+    def warm() -> None:
+        load_site_packages()
+        for module in ("hpcbind.config", "hpcbind.discover", "hpcbind.runtime.container"):
+            __import__(module)  # what the first request needs, loaded while mpirun starts
+
+    def setup(request) -> tuple:
+        from hpcbind import config
+
+        os.environ.clear()
+        os.environ.update(request.env)
+        try:
+            os.chdir(request.cwd)
+        except OSError:
+            pass  # the container's directory is the request's all the same
+        return _holder_steps(rank_options(request.argv), config.load(), _caller())
+
+    nodesession.prestart(key, warm, setup)
+
+
+def _holder_steps(options: RunOptions, config, caller: Caller) -> tuple:
+    """``nodesession.join``'s make_container, make_rank and job_of for these options."""
     def make_rank(shared: dict, request) -> tuple:
         log: list[str] = []
         argv, env = started_as(request.argv, request.env)
@@ -71,10 +103,7 @@ def run_rank(options: RunOptions, config) -> None:
         where = rankenv.place(request.env)
         return rankenv.job(request.env), where.local_size if where else None
 
-    nodesession.join(
-        options.node_session, list(options.argv), caller.env, caller.cwd, listener,
-        make_container=lambda: _node_container(options, config, caller),
-        make_rank=make_rank, job_of=job_of)
+    return lambda: _node_container(options, config, caller), make_rank, job_of
 
 
 def started_as(argv, env) -> tuple[tuple[str, ...], dict[str, str]]:

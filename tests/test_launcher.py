@@ -193,11 +193,41 @@ def test_cleanup_after_kill_9_of_a_rank(unprivileged: Unprivileged):
      "no command after the image true"),
 ])
 def test_launcher_errors_before_any_rank(unprivileged: Unprivileged, args, env, message):
+    """Refused in one line; nothing is left, the holder that hpcrun mpirun started for this
+    node before its checks (Open MPI) included."""
     subs = {"{sif}": str(unprivileged.busybox_sif), "{missing}": "/nonexistent/app.sif"}
     argv = [subs.get(a, a) for a in args]
+    before = HostState.now(unprivileged.uid)
     r = unprivileged.run(*argv, env=env, timeout=60)
     assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
     assert message in r.stderr
+    assert leftovers(unprivileged.uid, before) == {}
+
+
+# The live processes a rank sees named "hpcrun" (the node's holder: the front end's fork
+# keeps its name; ranks run hpcrun-starter, then their program), each with its parent's
+# name (exited ones may wait a while here for init to reap them)
+HOLDERS = """
+for stat in /proc/[0-9]*/stat; do
+  read -r pid comm state ppid rest < "$stat" 2>/dev/null || continue
+  if [ "$comm" = "(hpcrun)" ] && [ "$state" != Z ]; then cat "/proc/$ppid/comm"; fi
+done
+"""
+
+
+def test_mpirun_starts_the_holder_of_its_node(unprivileged: Unprivileged):
+    """Under Open MPI the node's holder is started by hpcrun mpirun before it becomes
+    mpirun (its child, then), not by the first rank: its imports overlap mpirun's start-up
+    (benchmarks/launch/README.md). A job mpirun cannot start leaves nothing behind."""
+    r = unprivileged.run(*OPENMPI, "-np", "2", str(unprivileged.busybox_sif), "sh", "-c",
+                         HOLDERS, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["mpirun.openmpi"] * 2
+    before = HostState.now(unprivileged.uid)
+    r = unprivileged.run(*OPENMPI, "--no-such-option", "-np", "2",
+                         str(unprivileged.busybox_sif), "true", timeout=120)
+    assert r.returncode != 0
+    assert leftovers(unprivileged.uid, before) == {}
 
 
 def test_mpi_family_mismatch_is_refused(unprivileged: Unprivileged, mpi_images):

@@ -102,8 +102,8 @@ def test_a_signal_reaches_the_program_as_it_would_outside(unprivileged: Unprivil
 
 
 def test_128_ranks_of_one_node(unprivileged: Unprivileged):
-    """The first rank starts the holder through Python; the other 127 join through the
-    starter, and every one of them runs in the one container."""
+    """hpcrun mpirun starts the node's holder; the 128 ranks join it through the starter,
+    and every one of them runs in the one container."""
     r = unprivileged.run("mpirun.openmpi", "--oversubscribe", "-np", "128",
                          str(unprivileged.busybox_sif), "sh", "-c",
                          "echo $OMPI_COMM_WORLD_RANK $(readlink /proc/self/ns/mnt)", timeout=300)

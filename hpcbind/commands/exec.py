@@ -13,7 +13,11 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    return container_options.start(args, run_options(args))
+
+
+def run_options(args):
     argv = tuple(args.rest[1:] if args.rest[:1] == ["--"] else args.rest)
     if not argv:
         raise HpcbindError("no command given", "use 'hpcrun exec IMAGE COMMAND [ARGS...]'")
-    return container_options.start(args, container_options.run_options(args, argv))
+    return container_options.run_options(args, argv)

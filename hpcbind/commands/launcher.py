@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import secrets
 import sys
 
 from hpcbind.commands import container_options
@@ -34,20 +33,35 @@ def run(args) -> int:
         raise HpcbindError(*FAKEROOT_NOT_FOR_RANKS)
     line = mpi_launcher.split([args.image, *args.rest])
     launcher_path = _which(line.launcher)
+    _raise_open_files_limit()
+    # the ranks' argv is public (/proc), their environment is not: see nodesession
+    # os.urandom is what secrets.token_hex reads; the secrets module costs 6 ms to import
+    os.environ[SECRET_VARIABLE] = os.urandom(16).hex()
+    key = os.urandom(8).hex()
+    if line.family == mpi_launcher.OPENMPI:  # this node's ranks will be mpirun's children
+        from hpcbind import launch
+
+        # now, so that the holder's imports overlap the checks below and mpirun's start-up
+        launch.prestart_holder(key, lambda program: _rank_options(
+            ["--node-session", key, *args.flag_tokens, line.image, *program]))
     image = _image(line)
     _check_visibility(line, image.path)
     _preflight(args, line, image)
-    _raise_open_files_limit()
-    # the ranks' argv is public (/proc), their environment is not: see nodesession
-    os.environ[SECRET_VARIABLE] = secrets.token_hex(16)
     hpcrun = _hpcrun_path()
-    argv, added = mpi_launcher.rewrite(line, hpcrun, list(args.flag_tokens),
-                                       secrets.token_hex(8), dict(os.environ),
-                                       _starter_path(hpcrun))
+    argv, added = mpi_launcher.rewrite(line, hpcrun, list(args.flag_tokens), key,
+                                       dict(os.environ), _starter_path(hpcrun))
     os.environ.update(added)
     if args.verbose:
         print("hpcrun:", " ".join(argv), file=sys.stderr)
     os.execv(launcher_path, argv)
+
+
+def _rank_options(exec_argv: list[str]):
+    """The options ``hpcrun exec EXEC_ARGV`` runs a rank with (its flags parsed here already,
+    so the fast parser takes them)."""
+    from hpcbind.commands import exec as exec_command
+
+    return exec_command.run_options(container_options.parse_fast(exec_argv))
 
 
 def _which(name: str) -> str:

@@ -9,6 +9,11 @@ with ``setns`` and execs its program. So the node mounts the image once, discove
 its ranks share one user namespace, which CMA, XPMEM and ptrace-based shared memory need
 (the approach of pyxis and Charliecloud's ``--join``).
 
+Under Open MPI's ``mpirun`` (whose node runs its local ranks as its own children), ``hpcrun
+mpirun`` starts that node's holder itself (``prestart``), just before it becomes mpirun: the
+holder then imports what it needs while mpirun starts, and sets the container up from the
+first rank's request instead of its own environment.
+
 The holder watches its ranks through pidfds (Linux >= 5.3): it exits when the last rank
 that joined has exited, however it ended (``kill -9`` included), and the kernel then tears
 the namespaces and mounts down; the FUSE server dies with the holder (PR_SET_PDEATHSIG).
@@ -184,6 +189,40 @@ def _try_bind(key: str) -> socket.socket | None:
     return listener
 
 
+def prestart(key: str, warm, setup) -> None:
+    """Fork the node's holder for ``key`` now, ahead of its ranks, unless one is bound.
+
+    In the child: ``warm()`` (the imports a holder needs), then, with the first request
+    that comes, ``setup(request)``: (make_container, make_rank, job_of) as ``join`` takes
+    them, computed from that rank's command, environment and directory. The holder dies
+    with this process, which is about to exec the launcher (PR_SET_PDEATHSIG), whether or
+    not a rank of this node ever comes."""
+    listener = _try_bind(key)  # before the launcher starts any rank
+    if listener is None:
+        return
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        listener.close()
+        return
+    try:
+        import signal
+
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the launcher forwards standard input to a rank, not here
+        os.close(devnull)
+        warm()
+        uid, received = os.getuid(), None
+        while received is None:
+            received = _receive(listener, uid)
+        _holder(listener, *setup(received[1]), received)
+    finally:
+        os._exit(0)
+
+
 def _spawn_holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
     pid = os.fork()
     if pid == 0:
@@ -195,13 +234,17 @@ def _spawn_holder(listener: socket.socket, make_container, make_rank, job_of) ->
     # the holder is reparented to init (or a subreaper) when this rank execs; no wait here
 
 
-def _holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
+def _holder(listener: socket.socket, make_container, make_rank, job_of,
+            received: tuple[socket.socket, Request] | None = None) -> None:
+    """Set the container up and serve the node's ranks; ``received``: a rank's connection
+    and request already read, answered once the container is ready."""
     os.setsid()  # signals aimed at one rank's process group must not take the node down
+    kept = [listener.fileno(), *([received[0].fileno()] if received else [])]
     failure = None
     try:
         # discovery first: it checks the launcher's descriptors (PMI_FD) as a rank has them
         spec, shared = make_container()
-        _keep_only(listener.fileno())
+        _keep_only(*kept)
         from hpcbind.runtime.container import prepare
 
         prepare(spec)
@@ -217,7 +260,7 @@ def _holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
     except Exception as err:  # a bug: its traceback would go to /dev/null, so tell the ranks
         failure, fds = (f"internal error setting up the node's container: {err!r}; report it "
                         "with the command line"), []
-    _keep_only(listener.fileno(), *fds)
+    _keep_only(*kept, *fds)
 
     def answer(request: Request) -> list[str]:
         if failure is not None:
@@ -232,7 +275,7 @@ def _holder(listener: socket.socket, make_container, make_rank, job_of) -> None:
             return ["error", f"internal error preparing a rank: {err!r}; report it with the "
                              "command line"]
 
-    _serve(listener, answer, fds, job_of)
+    _serve(listener, answer, fds, job_of, received)
 
 
 def _keep_only(*needed: int) -> None:
@@ -269,13 +312,20 @@ class Tally:
                                        for expected, joined in self.jobs.values())
 
 
-def _serve(listener: socket.socket, answer, fds: list[int], job_of) -> None:
+def _serve(listener: socket.socket, answer, fds: list[int], job_of,
+           received: tuple[socket.socket, Request] | None) -> None:
     uid = os.getuid()
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     ranks: set[int] = set()  # pidfds of the processes in the container
     tally = Tally()
     while True:
+        if received is not None:
+            pidfd = _reply(*received, answer, fds, job_of, tally)
+            received = None
+            if pidfd is not None:
+                ranks.add(pidfd)
+                poller.register(pidfd, select.POLLIN)
         if not ranks and tally.complete():
             return  # every process of this node came and went
         if not tally.jobs:
@@ -293,20 +343,15 @@ def _serve(listener: socket.socket, answer, fds: list[int], job_of) -> None:
                 os.close(fd)
                 ranks.discard(fd)
                 continue
-            pidfd = _accept(listener, uid, answer, fds, job_of, tally)
-            if pidfd is not None:
-                ranks.add(pidfd)
-                poller.register(pidfd, select.POLLIN)
+            received = _receive(listener, uid)
 
 
-def _accept(listener: socket.socket, uid: int, answer, fds: list[int], job_of,
-            tally: Tally) -> int | None:
-    """Answer one connection; the pidfd of the process that joined, or None."""
+def _receive(listener: socket.socket, uid: int) -> tuple[socket.socket, Request] | None:
+    """The next connection and its request, or None (another user, garbage, gone)."""
     conn, _ = listener.accept()
-    with conn:
-        pid, peer_uid = _peer(conn)
-        if peer_uid != uid:
-            return None
+    pid, peer_uid = _peer(conn)
+    request = None
+    if peer_uid == uid:
         # a rank writes its request right after connecting: waiting long means a stuck or
         # hostile peer, which must not stall the node's other ranks
         conn.settimeout(_REQUEST_TIMEOUT_S)
@@ -314,12 +359,20 @@ def _accept(listener: socket.socket, uid: int, answer, fds: list[int], job_of,
             message = _read_message(conn, with_fds=False)
             request = _request(pid, message[0]) if message else None
         except (OSError, ValueError):  # it died waiting, or sent garbage
-            return None
-        if request is None:
-            return None
+            pass
+    if request is None:
+        conn.close()
+        return None
+    return conn, request
+
+
+def _reply(conn: socket.socket, request: Request, answer, fds: list[int], job_of,
+           tally: Tally) -> int | None:
+    """Answer a received request; the pidfd of the process that joined, or None."""
+    with conn:
         tally.joined(*job_of(request))  # a rank that dies waiting for us came and went too
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(request.pid)
         except OSError:
             return None  # it died before we looked
         try:
