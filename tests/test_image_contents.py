@@ -241,3 +241,21 @@ def test_cached_facts_equal_fresh_ones_and_follow_the_file(tmp_path: Path) -> No
     assert cached_image_facts(image, 45056, cache).cuda_version == "from-cache"
     image.write_bytes(BUSYBOX_SIF.read_bytes() + b"\0")  # a new file: a new key, read afresh
     assert cached_image_facts(image, 45056, cache).cuda_version == ""
+
+
+def test_stored_facts_read_without_building_them(tmp_path: Path) -> None:
+    """What hpcrun mpirun reads before any rank starts: the JSON as stored, None where none
+    is stored or it is not JSON (the caller then computes the facts)."""
+    from hpcbind.image import facts_cache
+    from hpcbind.image.contents import cached_image_facts, facts_to_dict
+
+    image, cache = tmp_path / "busybox.sif", tmp_path / "cache"
+    image.write_bytes(BUSYBOX_SIF.read_bytes())
+    assert facts_cache.read(str(image), 45056, str(cache)) is None
+    facts = cached_image_facts(image, 45056, cache)
+    assert facts_cache.read(str(image), 45056, str(cache)) == json.loads(
+        json.dumps(facts_to_dict(facts)))
+    Path(facts_cache.entry_path(str(image), 45056, str(cache))).write_text("{not json")
+    assert facts_cache.read(str(image), 45056, str(cache)) is None
+    assert cached_image_facts(image, 45056, cache) == facts  # computed and stored again
+    assert facts_cache.read(str(image), 45056, str(cache)) is not None

@@ -144,9 +144,7 @@ def _is_this_host(name: str) -> bool:
 
 def _preflight(args, line, image) -> None:
     """The plan for the image (GPU/fabric if asked, and the image's MPI) and the MPI family."""
-    from hpcbind.image import contents
-
-    facts = contents.located_image_facts(image)
+    image_mpi = _image_mpi(image)
     options = container_options.run_options(args, ())  # APPTAINER_NV=1 asks as --nv does
     mpi_host = options.mpi_host
     if options.wants_plan:
@@ -161,9 +159,22 @@ def _preflight(args, line, image) -> None:
             check = plan.failed[0]
             raise HpcbindError(f"preflight check {check.name} failed: {check.message}",
                                check.fix or "see 'hpcrun plan --explain IMAGE'")
-    problem = None if mpi_host else mpi_launcher.family_check(line.family, facts.mpi)
+    problem = None if mpi_host else mpi_launcher.family_check(line.family, image_mpi)
     if problem:
         raise HpcbindError(*problem)
+
+
+def _image_mpi(image) -> list[dict]:
+    """The image's MPI libraries as its facts are stored, read from the cache where they are
+    (without the modules that compute them), else computed (and stored)."""
+    from hpcbind.image import facts_cache
+
+    data = facts_cache.read(image.path, image.offset) if image.is_squashfs else None
+    if data is not None and isinstance(data.get("mpi"), list):
+        return data["mpi"]
+    from hpcbind.image import contents
+
+    return contents.facts_to_dict(contents.located_image_facts(image))["mpi"]
 
 
 def _raise_open_files_limit() -> None:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcbind.errors import HpcbindError
-from hpcbind.host.conventions import file_identity_key, natural_key, temp_dir, user_cache_dir
+from hpcbind.host.conventions import natural_key, temp_dir
 from hpcbind.host.elf import ElfInfo, elf_info, max_version
 from hpcbind.host.loader import (LD_SO_CONF, SHARED_OBJECT, glob_in_root, library_dirs,
                                  shipped_libraries)
 from hpcbind.hostroot import HostRoot
+from hpcbind.image import facts_cache
 from hpcbind.image.source import ImageSource
 from hpcbind.mpi.abi import MPI_SONAMES, PMIX_SONAMES, MpiLib, PmixLib, find_mpi, find_pmix
 
@@ -88,28 +89,21 @@ def image_facts(root: HostRoot) -> ImageFacts:
 
 
 def cached_image_facts(path: Path, offset: int = 0, cache_dir: Path | None = None) -> ImageFacts:
-    """``image_facts_from_squashfs``, remembered per image file.
+    """``image_facts_from_squashfs``, remembered per image file (``facts_cache``).
 
     Reading an image's facts runs unsquashfs (a second or more for a large image) and every
     ``hpcrun mpirun`` needs them before the first rank starts. They depend on the file's
-    content only, so they are kept under the user's cache keyed by the file's identity
-    (device, inode, size, modification time) and the partition offset; a rebuilt image gets
-    a new key.
+    content only.
     """
-    base = cache_dir / "hpcbind" if cache_dir else Path(user_cache_dir())
-    entry = base / "facts" / f"{file_identity_key(path.stat(), offset)}.json"
-    try:
-        return facts_from_dict(json.loads(entry.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    cache = str(cache_dir) if cache_dir else None
+    data = facts_cache.read(str(path), offset, cache)
+    if data is not None:
+        try:
+            return facts_from_dict(data)
+        except (ValueError, KeyError, TypeError):
+            pass
     facts = image_facts_from_squashfs(path, offset)
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        partial = entry.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(json.dumps(facts_to_dict(facts)))
-        partial.rename(entry)
-    except OSError:
-        pass  # a read-only home only costs the next launch the same read
+    facts_cache.write(str(path), offset, facts_to_dict(facts), cache)
     return facts
 
 

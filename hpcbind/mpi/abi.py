@@ -77,8 +77,9 @@ class MpiLib:
         return PurePosixPath(self.path).name
 
     def describe(self) -> str:
-        release = f" {self.version}" if self.version else ""
-        return f"{self.vendor}{release} ({self.name})"
+        from hpcbind.mpi.launcher import describe_mpi
+
+        return describe_mpi(self.vendor, self.version, self.path)
 
 
 @dataclass(frozen=True, slots=True)

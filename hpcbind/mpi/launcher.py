@@ -176,23 +176,32 @@ def not_an_image_hint(line: LauncherLine) -> str:
     return f"put the image right before the command: {line.launcher} [OPTIONS] IMAGE COMMAND"
 
 
-def family_check(family: str, image_mpi: tuple) -> tuple[str, str] | None:
+def family_check(family: str, image_mpi: list[dict]) -> tuple[str, str] | None:
     """(problem, fix) when the launcher cannot start the image's MPI, else None.
 
-    ``mpirun`` of Open MPI speaks PMIx to Open MPI; Hydra speaks PMI-1/2 to the MPICH ABI
-    family; srun serves both (--mpi=pmix / pmi2), so it is left to the plan's PMIx checks.
+    ``image_mpi``: the image's MPI libraries as its stored facts hold them (``family``,
+    ``vendor``, ``version``, ``path``; ``hpcbind.image.facts_cache``). ``mpirun`` of Open
+    MPI speaks PMIx to Open MPI; Hydra speaks PMI-1/2 to the MPICH ABI family; srun serves
+    both (--mpi=pmix / pmi2), so it is left to the plan's PMIx checks.
     """
     if not image_mpi or family == SLURM:
         return None
-    families = {lib.family.value for lib in image_mpi}
+    families = {str(lib["family"]) for lib in image_mpi}
     wanted = {OPENMPI: "openmpi", MPICH: "mpich"}[family]
     if wanted in families:
         return None
-    found = ", ".join(lib.describe() for lib in image_mpi)
+    found = ", ".join(describe_mpi(lib["vendor"], lib["version"], lib["path"])
+                      for lib in image_mpi)
     other = {"openmpi": "mpirun.openmpi", "mpich": "mpiexec.mpich"}
     fix_launcher = " or ".join(other[f] for f in sorted(families) if f in other) or "srun"
     return (f"the image's MPI is {found}, which {family} launchers cannot start",
             f"launch it with {fix_launcher}, or use an image built with the host's MPI")
+
+
+def describe_mpi(vendor: str, version: str, path: str) -> str:
+    """"Open MPI 4.1.4 (libmpi.so.40.30.4)": the real file's name, as Sarus prints it."""
+    release = f" {version}" if version else ""
+    return f"{vendor}{release} ({os.path.basename(path)})"
 
 
 # Filesystems every node of a cluster sees alike. Anything else (ext4, xfs, tmpfs, overlay)
