@@ -72,7 +72,8 @@ def prestart_holder(key: str, rank_options) -> None:
 
     def warm() -> None:
         load_site_packages()
-        for module in ("hpcbind.config", "hpcbind.discover", "hpcbind.runtime.container"):
+        for module in ("hpcbind.config", "hpcbind.discover", "hpcbind.image.sif",
+                       "hpcbind.mpi.host", "hpcbind.runtime.container"):
             __import__(module)  # what the first request needs, loaded while mpirun starts
 
     def setup(request) -> tuple:
