@@ -233,6 +233,7 @@ def assemble(options: RunOptions, config, image: ImageSource, plan, caller: Call
         overlays=tuple(overlays),
         writable=options.writable,
         scratch=tuple(scratch),
+        private_dev=dev_minimal,
         level=options.level,
     )
     return Assembly(spec, tuple(log), tuple(checks))

@@ -194,6 +194,27 @@ def test_bad_option_variable_is_one_line(unprivileged: Unprivileged):
     assert "APPTAINER_CONTAIN" in r.stderr
 
 
+def test_contain_over_an_image_whose_dev_has_links(unprivileged: Unprivileged, tmp_path):
+    """--contain's /dev is a tmpfs of its own, whose links (/dev/fd, /dev/stdin, ...) hide
+    what the image has there: a debootstrap image's /dev/fd, itself a link to /proc/self/fd,
+    was followed into the host's /proc (a traceback, EPERM), and removing an image entry
+    through the overlay failed for a plain user (EOVERFLOW) and, for /dev/ptmx, root."""
+    import subprocess
+
+    root = tmp_path / "root"
+    subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", "45056", "-d", str(root),
+                    str(unprivileged.busybox_sif)], check=True, capture_output=True)
+    (root / "dev" / "fd").symlink_to("/proc/self/fd")
+    (root / "dev" / "stdin").symlink_to("/nonexistent")
+    image = unprivileged.root / "dev-links.sqfs"
+    subprocess.run(["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-no-progress",
+                    "-all-root"], check=True, capture_output=True)
+    image.chmod(0o644)
+    r = unprivileged.run("exec", "--contain", str(image), "sh", "-c",
+                         "readlink /dev/fd; readlink /dev/stdin; ls /dev/fd/ | head -n 1")
+    assert (r.returncode, r.stdout) == (0, "/proc/self/fd\n/proc/self/fd/0\n0\n"), r.stderr
+
+
 def test_unpack_fallback_skips_device_nodes(unprivileged: Unprivileged, place: Path, tmp_path):
     """Without FUSE the image is unpacked into the cache; its device nodes (debootstrap's
     /dev/zero, ...) only root may create: skipped with a note, the rest runs."""

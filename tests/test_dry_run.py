@@ -96,8 +96,9 @@ def test_dry_run_contained(unprivileged: Unprivileged):
     shown = dry_run(unprivileged, "--contain", str(unprivileged.busybox_sif), "true")
     home = shown["env"]["base"]["HOME"]
     destinations = [m["destination"] for m in shown["mounts"]]
-    assert destinations == ["/", "/etc/passwd", "/etc/group", "/proc", "/sys", "/dev/pts",
-                            "/dev/shm", "/etc/hosts", "/etc/resolv.conf"]
+    assert destinations == ["/", "/dev", "/etc/passwd", "/etc/group", "/proc", "/sys",
+                            "/dev/pts", "/dev/shm", "/etc/hosts", "/etc/resolv.conf"]
+    assert mounts(shown)["/dev"]["source"] == "(tmpfs)"  # the image's own /dev hidden
     assert [d["path"] for d in shown["devices"]] == [
         "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
     assert {"path": "/dev/fd", "target": "/proc/self/fd"} in shown["links"]

@@ -57,9 +57,10 @@ class Overlay(namedtuple("Overlay", "path read_only")):
 
 class ContainerSpec(namedtuple("ContainerSpec", (
         "image argv env cwd binds devices links home session_size_mb rootfs use_env_scripts "
-        "new_ipc exec_hint verbose id_map cwd_required overlays writable scratch level"),
+        "new_ipc exec_hint verbose id_map cwd_required overlays writable scratch level "
+        "private_dev"),
         defaults=((), (), (), "", 64, RootfsOptions(), True, False, "", False, None, False, (),
-                  False, (), 1))):
+                  False, (), 1, False))):
     """Everything the runtime needs, decided before any namespace exists.
 
     image: ImageSource; argv: the command; env: ContainerEnv; cwd: initial directory inside;
@@ -70,7 +71,8 @@ class ContainerSpec(namedtuple("ContainerSpec", (
     not a fall-back to home; overlays: Overlays over the image, lowest first; writable: the
     sandbox directory itself is the root, read-write; scratch: container paths given empty
     private directories in the session tmpfs; level: how much to say
-    (``errors.message_level``).
+    (``errors.message_level``); private_dev: /dev is an empty tmpfs that the device binds
+    and links fill (--contain's minimal /dev), not the image's own /dev.
     """
 
     __slots__ = ()
@@ -92,6 +94,9 @@ def generated_mounts(spec: ContainerSpec) -> list[tuple[str, str, str, str]]:
                  f"{layer}")]
         root += [(o.path, "/", "overlay lower,ro", "--overlay :ro, above the image")
                  for o in spec.overlays if o.read_only]
+    if spec.private_dev:
+        root.append(("(tmpfs)", "/dev", "rw,nosuid,noexec", "a private /dev for the minimal "
+                     "device set"))
     return root + [(f"(session tmpfs){d}", d, "rw,nosuid,nodev", "empty and private")
                    for d in spec.scratch] + [
         ("(generated)", "/etc/passwd", "ro,nosuid,nodev", "the image's users plus you"),
@@ -126,6 +131,14 @@ def prepare(spec: ContainerSpec) -> None:
     linux.pivot_root(SESSION, f"{SESSION}/oldroot")
     os.chdir("/")
     new = "/newroot"
+    if spec.private_dev:
+        # As Apptainer's minimal /dev: what the image has there (debootstrap's device nodes,
+        # its /dev/fd link) is hidden, not removed through the overlay, which a plain user
+        # may not do in a directory an unmapped root owns (EOVERFLOW).
+        dev = container_path(new, "/dev")
+        os.makedirs(dev, exist_ok=True)
+        linux.mount("hpcbind", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC,
+                    "mode=0755,size=1m")
     for path in spec.scratch:
         private = f"/scratch{path}"
         os.makedirs(private, mode=0o700)
@@ -143,7 +156,7 @@ def prepare(spec: ContainerSpec) -> None:
               Bind(dev.source, dev.destination, recursive=False, device=True,
                    reason=dev.reason or "device"), spec)
     for path, target in spec.links:
-        _link(new, path, target)
+        _link(new, path, target, spec.level)
     if spec.home:  # a contained or image-less home still has to exist to start in
         try:
             os.makedirs(container_path(new, spec.home), exist_ok=True)
@@ -231,9 +244,11 @@ def _claim_scratch(spec: ContainerSpec, lower: str, upper: str) -> None:
 
 
 def _mount_points(spec: ContainerSpec) -> list[str]:
-    """Every container path the set-up creates something at."""
+    """Every container path the set-up creates something at. A link replaces what the image
+    has at its path (``_link``), which is not followed: its directory is what it needs."""
     return ([b.destination for b in spec.binds] + [d.destination for d in spec.devices]
-            + [path for path, _ in spec.links] + [spec.home, "/etc/passwd", "/etc/group"])
+            + [f"{os.path.dirname(path)}/entry" for path, _ in spec.links]
+            + [spec.home, "/etc/passwd", "/etc/group"])
 
 
 def _claim_parents(lower: str, upper: str, paths: list[str]) -> None:
@@ -285,9 +300,16 @@ def _bind(source: str, root: str, bind: Bind, spec: ContainerSpec | None = None)
     return True
 
 
-def _link(root: str, path: str, target: str) -> None:
-    where = container_path(root, path)
-    os.makedirs(os.path.dirname(where), exist_ok=True)
+def _link(root: str, path: str, target: str, level: int) -> None:
+    """The link at ``path`` itself: what the image has there is replaced, never followed
+    (debootstrap's /dev/fd is already a link to /proc/self/fd, which led the link made for
+    --contain into the host's /proc: EPERM)."""
+    parent = container_path(root, os.path.dirname(path))
+    os.makedirs(parent, exist_ok=True)
+    where = os.path.join(parent, os.path.basename(path))
+    if os.path.isdir(where) and not os.path.islink(where):
+        warn(level, f"{path} is a directory in the image: left as it is, not a link to {target}")
+        return
     if os.path.lexists(where):
         os.unlink(where)
     os.symlink(target, where)
