@@ -63,11 +63,11 @@ def run_rank(options: RunOptions, config) -> None:
 
 
 def prestart_holder(key: str, rank_options) -> None:
-    """``hpcrun mpirun`` under Open MPI, about to exec mpirun: this node's holder, started
-    now so that its imports overlap mpirun's start-up instead of delaying the first rank
-    (benchmarks/launch/README.md). It sets the container up for the first rank that comes,
-    with the options that rank's command line gives (``rank_options(argv)``), its
-    environment and directory, as that rank would have."""
+    """``hpcrun mpirun`` under Open MPI, before it checks the image and execs mpirun: this
+    node's holder, started now so that its imports overlap both instead of delaying the
+    first rank (benchmarks/launch/README.md). It sets the container up for the first rank
+    that comes, with the options that rank's command line gives (``rank_options(argv)``),
+    its environment and directory, as that rank would have."""
     from hpcbind.runtime import nodesession
 
     def warm() -> None:

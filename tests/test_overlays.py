@@ -71,10 +71,7 @@ def test_ext3_image_overlay_keeps_writes(unprivileged: Unprivileged, overlay_img
     assert (r.returncode, r.stdout) == (0, "kept\nn\n"), r.stderr
     r = unprivileged.run("exec", "--overlay", f"{overlay_img}:ro", sif, "cat", "/opt/new/f")
     assert (r.returncode, r.stdout) == (0, "n\n"), r.stderr
-    _assert_clean(overlay_img)
-    r = subprocess.run(["debugfs", "-R", "cat /upper/kept", str(overlay_img)],
-                       capture_output=True, text=True)
-    assert r.stdout == "kept\n"
+    assert _written_back(overlay_img, "kept") == "kept\n"
 
 
 def test_ext3_image_overlay_keeps_writes_as_plain_user(unprivileged: Unprivileged,
@@ -92,21 +89,22 @@ def test_ext3_image_overlay_keeps_writes_as_plain_user(unprivileged: Unprivilege
     r = unprivileged.run("exec", "--overlay", img, sif, "sh", "-c",
                          "test -e /bin/cat || /opt/new/cat /opt/new/w /kept")
     assert (r.returncode, r.stdout) == (0, "w\nkept\n"), r.stderr
-    _assert_clean(overlay_img)
-    r = subprocess.run(["debugfs", "-R", "cat /upper/opt/new/w", str(overlay_img)],
-                       capture_output=True, text=True)
-    assert r.stdout == "w\n"
+    assert _written_back(overlay_img, "opt/new/w") == "w\n"
     assert leftovers(unprivileged.uid, before) == {}
 
 
-def _assert_clean(image: Path) -> None:
+def _written_back(image: Path, path: str) -> str:
+    """The content of ``path`` in the image's upper layer, read with debugfs once the image
+    is clean (e2fsck -fn): fuse2fs writes back after the program has gone."""
     deadline = time.monotonic() + 10
-    while True:  # fuse2fs writes back once the program has gone
+    while True:
         r = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
         if r.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert r.returncode == 0, r.stdout + r.stderr
+    return subprocess.run(["debugfs", "-R", f"cat /upper/{path}", str(image)],
+                          capture_output=True, text=True).stdout
 
 
 def test_overlay_create_sizes_and_layout(unprivileged: Unprivileged):
@@ -152,10 +150,7 @@ def test_stacked_read_only_layers(unprivileged: Unprivileged, overlay_dir: Path,
     if writable == "directory":
         assert (overlay_dir / "upper" / "both").read_text() == "upper\n"
     else:
-        _assert_clean(overlay_img)
-        r = subprocess.run(["debugfs", "-R", "cat /upper/both", str(overlay_img)],
-                           capture_output=True, text=True)
-        assert r.stdout == "upper\n"
+        assert _written_back(overlay_img, "both") == "upper\n"
 
 
 @pytest.mark.parametrize("kind", ("directory", "ext3 image"))

@@ -208,8 +208,8 @@ def _mount_root(spec: ContainerSpec, image_fd: int, layers, root: str) -> str:
     how += "".join(f", {layer.describe()}" for layer in layers)
     writable_image = overlays.fuse_upper(layers)
     if writable_image:  # all its files are the caller's: no directories to claim
-        overlays.mount_fuse_root(root, lowerdir, writable_image,
-                                 overlays.layer_directory(SESSION, layers, writable_image))
+        overlays.mount_fuse_root(root, lowerdir, writable_image, overlays.layer_directory(
+            SESSION, layers.index(writable_image)))
         return how + ", by fuse-overlayfs"
     if persistent:
         upper, work = persistent

@@ -29,6 +29,7 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+SIGKILL = 9  # signal.SIGKILL, without the signal module (and its enum) on every rank's path
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -92,6 +93,30 @@ def setns(fd: int, nstype: int) -> None:
 
 def prctl(option: int, arg: int = 0, arg3: int = 0) -> None:
     _check(_libc.prctl(option, arg, arg3, 0, 0), "prctl")
+
+
+def die_with(parent: int, death_signal: int = SIGKILL) -> None:
+    """In a child of ``parent``: be sent ``death_signal`` when it dies, as a FUSE server,
+    unsquashfs or a node's holder must not outlive a killed hpcrun; exit at once when it
+    has died already, before the prctl."""
+    prctl(PR_SET_PDEATHSIG, death_signal)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def mount_fuse(source: str, target: str, fstype: str, flags: int, options: str = "") -> int:
+    """A FUSE mount at ``target``, owned by the caller, on a new /dev/fuse descriptor: the
+    server answers on it (libfuse 3 takes ``/dev/fd/N`` as its mount point). Returned
+    close-on-exec; the caller closes its copy once the server has one."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        mount(source, target, fstype, flags,
+              f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+              + (f",{options}" if options else ""))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def locked_flags(path: str) -> int:

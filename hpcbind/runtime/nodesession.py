@@ -10,8 +10,8 @@ its ranks share one user namespace, which CMA, XPMEM and ptrace-based shared mem
 (the approach of pyxis and Charliecloud's ``--join``).
 
 Under Open MPI's ``mpirun`` (whose node runs its local ranks as its own children), ``hpcrun
-mpirun`` starts that node's holder itself (``prestart``), just before it becomes mpirun: the
-holder then imports what it needs while mpirun starts, and sets the container up from the
+mpirun`` starts that node's holder itself (``prestart``), before its checks and before it
+becomes mpirun: the holder then imports what it needs meanwhile, and sets the container up from the
 first rank's request instead of its own environment.
 
 The holder watches its ranks through pidfds (Linux >= 5.3): it exits when the last rank
@@ -195,8 +195,8 @@ def prestart(key: str, warm, setup) -> None:
     In the child: ``warm()`` (the imports a holder needs), then, with the first request
     that comes, ``setup(request)``: (make_container, make_rank, job_of) as ``join`` takes
     them, computed from that rank's command, environment and directory. The holder dies
-    with this process, which is about to exec the launcher (PR_SET_PDEATHSIG), whether or
-    not a rank of this node ever comes."""
+    with this process, which execs the launcher once its checks pass (PR_SET_PDEATHSIG):
+    when a check fails, or no rank of this node ever comes."""
     listener = _try_bind(key)  # before the launcher starts any rank
     if listener is None:
         return
@@ -206,11 +206,7 @@ def prestart(key: str, warm, setup) -> None:
         listener.close()
         return
     try:
-        import signal
-
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(0)
+        linux.die_with(parent)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # the launcher forwards standard input to a rank, not here
         os.close(devnull)

@@ -167,10 +167,11 @@ def mount_layers(layers: list[Layer], session: str) -> tuple[list[str], tuple[st
     directories, lowest first; the writable layer's (upper, work) or None)."""
     lowers: list[str] = []
     persistent = None
+    served_apart = fuse_upper(layers)
     for i, layer in enumerate(layers):
-        if layer is fuse_upper(layers):
+        if layer is served_apart:
             continue
-        where = layer_directory(session, layers, layer)
+        where = layer_directory(session, i)
         os.mkdir(where, 0o755)
         if layer.kind == DIRECTORY:
             linux.mount(f"/proc/self/fd/{layer.fd}", where, None, linux.MS_BIND | linux.MS_REC)
@@ -184,8 +185,9 @@ def mount_layers(layers: list[Layer], session: str) -> tuple[list[str], tuple[st
     return lowers, persistent
 
 
-def layer_directory(session: str, layers: list[Layer], layer: Layer) -> str:
-    return f"{session}/overlay{layers.index(layer)}"
+def layer_directory(session: str, index: int) -> str:
+    """Where the ``index``-th layer is mounted."""
+    return f"{session}/overlay{index}"
 
 
 def _upper_and_work(layer: Layer, where: str) -> tuple[str, str]:
@@ -245,17 +247,15 @@ def mount_fuse_root(root: str, lowerdir: str, layer: Layer, where: str) -> None:
     fuse_overlayfs = _needed("fuse-overlayfs", layer.overlay.path)
     os.mkdir(where, 0o755)
     uid, gid = os.getuid(), os.getgid()
-    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    fuse_fd = linux.mount_fuse("hpcbind", root, "fuse.fuse-overlayfs",
+                               linux.MS_NOSUID | linux.MS_NODEV, "default_permissions")
     failure_r, failure_w = os.pipe2(os.O_CLOEXEC)
     try:
-        linux.mount("hpcbind", root, "fuse.fuse-overlayfs", linux.MS_NOSUID | linux.MS_NODEV,
-                    f"fd={fuse_fd},rootmode=40000,user_id={uid},group_id={gid},"
-                    "default_permissions")
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
-                _die_with(parent, signal.SIGKILL)
+                linux.die_with(parent)
                 linux.unshare(linux.CLONE_NEWNS)
                 _mount_image(layer, where)  # fuse2fs, a child of fuse-overlayfs to be
                 upper, work = _upper_and_work(layer, where)
@@ -321,19 +321,13 @@ def _start(keep_fd: int, death_signal: int, argv: list[str]) -> int:
     if pid:
         return pid
     try:
-        _die_with(parent, death_signal)
+        linux.die_with(parent, death_signal)
         os.set_inheritable(keep_fd, True)
         _raise_ambient_sys_admin()
         _quiet()  # fuse2fs warns of the journal on every mount
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
-
-
-def _die_with(parent: int, death_signal: int) -> None:
-    linux.prctl(linux.PR_SET_PDEATHSIG, death_signal)
-    if os.getppid() != parent:  # it died before the prctl
-        os._exit(1)
 
 
 def _quiet() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import struct
 from collections import namedtuple
 
@@ -145,11 +144,8 @@ def mount_loop(fd: int, offset: int, size: int, name: str, target: str, fstype: 
 
 
 def _mount_squashfuse(squashfuse: str, image: ImageSource, image_fd: int, target: str) -> None:
-    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    fuse_fd = linux.mount_fuse("squashfuse", target, "fuse.squashfuse", _FUSE_FLAGS)
     try:
-        linux.mount("squashfuse", target, "fuse.squashfuse", _FUSE_FLAGS,
-                    f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},"
-                    f"group_id={os.getgid()}")
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -169,7 +165,7 @@ def _mount_squashfuse(squashfuse: str, image: ImageSource, image_fd: int, target
 def _exec_fuse_server(parent: int, squashfuse: str, image: ImageSource, image_fd: int,
                       fuse_fd: int) -> None:
     try:
-        _die_with(parent)
+        linux.die_with(parent)
         os.set_inheritable(image_fd, True)
         os.set_inheritable(fuse_fd, True)
         name = squashfuse
@@ -216,7 +212,7 @@ def extract(image: ImageSource, image_fd: int, cache_dir: str, level: int = 1) -
                 f.write("".join(f"{d}\n" for d in devices))
         result = subprocess.run(cmd + [source], capture_output=True,
                                 text=True, pass_fds=(image_fd,),
-                                preexec_fn=lambda: _die_with(parent))
+                                preexec_fn=lambda: linux.die_with(parent))
         if devices:
             os.unlink(f"{partial}.devices")
         if result.returncode != 0:
@@ -237,14 +233,7 @@ def _device_nodes(offset: list[str], source: str, image_fd: int, parent: int) ->
 
     listing = subprocess.run(["unsquashfs", "-lls", *offset, source], capture_output=True,
                              text=True, pass_fds=(image_fd,),
-                             preexec_fn=lambda: _die_with(parent)).stdout
+                             preexec_fn=lambda: linux.die_with(parent)).stdout
     return [line.split(" squashfs-root/", 1)[1] for line in listing.splitlines()
             if line[:1] in ("c", "b") and " squashfs-root/" in line]
 
-
-def _die_with(parent: int) -> None:
-    """In a child of ``parent``: be killed when it dies, as a FUSE server or unsquashfs
-    must not outlive a killed hpcrun."""
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the prctl
-        os._exit(1)
