@@ -25,14 +25,20 @@ def installed_helper(name: str) -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
+_site_loaded = False
+
+
 def load_site_packages() -> None:
     """Put site-packages on sys.path where hpcrun's launcher left them out (``python -I -S``
     spares each MPI rank ~50 ms): for the paths that need third-party modules (discovery's
-    pynvml and pyudev, signatures' pgpy, rich)."""
-    if sys.flags.no_site:
+    pynvml and pyudev, signatures' pgpy, rich). Once: ``hpcrun mpirun``'s CLI, the holder
+    it starts and discovery each ask."""
+    global _site_loaded
+    if sys.flags.no_site and not _site_loaded:
         import site
 
         site.main()
+        _site_loaded = True
 
 
 def user_cache_dir() -> str:
